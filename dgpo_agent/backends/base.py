@@ -1,0 +1,68 @@
+"""The small interface every policy implements: transformers, an OpenAI-compatible server, vLLM,
+and the scripted oracle. The graph, the batched runner and training only ever talk to this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+from dgpo_agent.protocol import STOP_STRINGS
+from dgpo_agent.state import Segment
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding settings, always passed explicitly (evaluation is greedy unless told otherwise).
+
+    ``temperature == 0`` means greedy decoding. ``max_new_tokens`` bounds one turn, not the trajectory.
+    ``seed`` makes sampling repeatable where the backend supports it.
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = STOP_STRINGS
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass
+class Completion:
+    """One generation. ``token_ids`` are the sampled ids (None for text-only backends) and
+    ``logprobs`` their log-probabilities under the sampling distribution when the backend reports them."""
+
+    text: str
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+
+
+@dataclass
+class Context:
+    """What a policy continues: the question (for scripted policies) and the segments so far, the
+    rendered prompt first."""
+
+    question: str
+    segments: list[Segment] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(s["text"] for s in self.segments)
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A generation backend.
+
+    ``prompt`` renders the opening segment for a question (through the chat template when there is
+    one); ``encode`` tokenizes environment text (None when the backend has no tokenizer);
+    ``generate`` continues every context once, in one batched call, stopping after a stop string.
+    """
+
+    def prompt(self, question: str) -> Segment: ...
+
+    def encode(self, text: str) -> list[int] | None: ...
+
+    def generate(self, contexts: Sequence[Context], params: SamplingParams) -> list[Completion]: ...
