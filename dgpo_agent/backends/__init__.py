@@ -1,0 +1,80 @@
+"""Generation backends behind one ``Policy`` interface, and ``load_policy`` to pick one from a spec.
+
+Importing this package is cheap: torch, transformers, openai and vllm load only when a backend is built.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from dgpo_agent.backends.base import Completion, Context, Policy, SamplingParams
+from dgpo_agent.errors import DGPOError
+from dgpo_agent.state import Segment
+
+__all__ = ["Completion", "Context", "Policy", "SamplingParams", "load_policy"]
+
+BACKENDS = ("transformers", "vllm")
+
+
+def load_policy(
+    spec: str | Policy,
+    *,
+    tokenizer: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    backend: str | None = None,
+) -> Policy:
+    """Build the policy a user named: a ready Policy, a server URL, or a checkpoint path / HF name.
+
+    ``backend`` chooses the local engine for checkpoints (``transformers`` by default, or ``vllm``).
+    """
+    if not isinstance(spec, str):
+        if isinstance(spec, Policy):
+            return spec
+        raise DGPOError(
+            f"cannot use {type(spec).__name__} as a policy: pass a Policy, a checkpoint path, a model name or a URL"
+        )
+    if spec.startswith(("http://", "https://")):
+        from dgpo_agent.backends.openai_server import OpenAICompletionsPolicy
+
+        return OpenAICompletionsPolicy(spec, tokenizer=tokenizer)
+    if backend == "vllm":
+        from dgpo_agent.backends.vllm_engine import VLLMPolicy
+
+        return VLLMPolicy(spec, tokenizer=tokenizer, **({"dtype": dtype} if dtype else {}))
+    if backend not in (None, "transformers"):
+        raise DGPOError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    from dgpo_agent.backends.transformers import TransformersPolicy
+
+    return TransformersPolicy.from_pretrained(spec, device=device, dtype=dtype, tokenizer=tokenizer)
+
+
+# ----------------------------------------------------------------------------- shared by token backends
+
+
+def token_prompt(text: str, encode: Callable[[str], list[int]]) -> Segment:
+    """The opening segment of a token backend: the rendered prompt with its ids."""
+    return {"role": "prompt", "text": text, "ids": encode(text)}
+
+
+def context_ids(context: Context, encode: Callable[[str], list[int]]) -> list[int]:
+    """The token ids a token backend continues: each segment's own ids, encoding only text-only segments.
+
+    Model segments carry the ids the model sampled; re-tokenising their text could change them.
+    """
+    ids: list[int] = []
+    for segment in context.segments:
+        ids.extend(segment["ids"] if segment["ids"] is not None else encode(segment["text"]))
+    return ids
+
+
+def check_window(rows: list[list[int]], max_new_tokens: int, window: int | None) -> None:
+    """Refuse contexts the model cannot attend over instead of silently truncating them."""
+    if window is None:
+        return
+    for i, row in enumerate(rows):
+        if len(row) + max_new_tokens > window:
+            raise DGPOError(
+                f"context {i} has {len(row)} tokens; with max_new_tokens={max_new_tokens} it exceeds the "
+                f"model's {window}-token window: use fewer turns, a smaller top_k or shorter passages"
+            )

@@ -1,0 +1,187 @@
+"""Local generation with Hugging Face transformers: the CPU backend, and the reference for the others.
+
+Every context is continued as raw token ids (the same assistant turn, never a new chat message), in one
+left-padded batch. The completion keeps exactly the ids the model sampled and their log-probs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+from dgpo_agent.backends import check_window, context_ids, token_prompt
+from dgpo_agent.backends.base import Completion, Context, SamplingParams
+from dgpo_agent.errors import DGPOError
+from dgpo_agent.protocol import render_prompt
+from dgpo_agent.state import Segment
+
+if TYPE_CHECKING:
+    import torch
+
+
+class TransformersPolicy:
+    """A causal LM and its tokenizer, generating with ``model.generate``."""
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = model.device
+        self.eos_ids = _eos_ids(model.generation_config, tokenizer)
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else tokenizer.eos_token_id
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_name: str,
+        device: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        tokenizer: str | None = None,
+    ) -> TransformersPolicy:
+        """Load a checkpoint directory or a Hugging Face model name (``tokenizer`` defaults to the same)."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = _resolve_dtype(dtype, device)
+        try:
+            tok = AutoTokenizer.from_pretrained(tokenizer or path_or_name)
+            model = AutoModelForCausalLM.from_pretrained(path_or_name, dtype=dtype)
+        except (OSError, ValueError) as err:
+            if Path(path_or_name).exists():
+                raise DGPOError(f"cannot load model from '{path_or_name}': {str(err).splitlines()[0]}") from err
+            raise DGPOError(
+                f"model '{path_or_name}' not found: pass a checkpoint directory, a Hugging Face model name, "
+                "or a server URL"
+            ) from err
+        return cls(model.to(device).eval(), tok)
+
+    def prompt(self, question: str) -> Segment:
+        return token_prompt(render_prompt(question, self.tokenizer), self.encode)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def generate(self, contexts: Sequence[Context], params: SamplingParams) -> list[Completion]:
+        """Continue every context in one ``model.generate`` call."""
+        if not contexts:
+            return []
+        import torch
+
+        rows = [context_ids(c, self.encode) for c in contexts]
+        check_window(rows, params.max_new_tokens, getattr(self.model.config, "max_position_embeddings", None))
+        input_ids, attention_mask = _left_pad(rows, self.pad_id, self.device)
+        with torch.no_grad(), _seeded(params.seed, self.device):
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                **self._generate_kwargs(params),
+            )
+        new = out.sequences[:, input_ids.shape[1] :]
+        logprobs = _sampled_logprobs(out.logits if params.greedy else out.scores, new)
+        return [self._completion(ids, lps, params.stop) for ids, lps in zip(new.tolist(), logprobs.tolist())]
+
+    def _generate_kwargs(self, params: SamplingParams) -> dict[str, Any]:
+        """Explicit decoding settings, so a checkpoint's generation_config (top_k, penalties) never leaks in."""
+        sampling = {} if params.greedy else dict(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        return dict(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=not params.greedy,
+            **sampling,
+            repetition_penalty=1.0,
+            eos_token_id=sorted(self.eos_ids),
+            pad_token_id=self.pad_id,
+            stop_strings=list(params.stop) or None,
+            tokenizer=self.tokenizer,
+            return_dict_in_generate=True,
+            output_logits=params.greedy,
+            output_scores=not params.greedy,
+        )
+
+    def _completion(self, ids: list[int], logprobs: list[float], stop: Sequence[str]) -> Completion:
+        keep = kept_length(ids, self.eos_ids, stop, self._decode)
+        ids = ids[:keep]
+        body = ids[:-1] if ids and ids[-1] in self.eos_ids else ids
+        return Completion(text=self._decode(body), token_ids=ids, logprobs=logprobs[:keep])
+
+    def _decode(self, ids: list[int]) -> str:
+        # Protocol tags can be special tokens, so special tokens stay; EOS is removed by the caller.
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def kept_length(ids: list[int], eos_ids: set[int], stop: Sequence[str], decode: Callable[[list[int]], str]) -> int:
+    """How many generated ids belong to the completion: up to the first stop string, or to the first EOS
+    (inclusive). In a batch, finished rows are padded (often with EOS itself), so the rest is discarded.
+    """
+    eos_at = next((i for i, t in enumerate(ids) if t in eos_ids), None)
+    body = len(ids) if eos_at is None else eos_at
+
+    def has_stop(n: int) -> bool:
+        return any(s in decode(ids[:n]) for s in stop)
+
+    if not has_stop(body):
+        return body if eos_at is None else eos_at + 1
+    lo, hi = 1, body  # the shortest prefix that contains a stop string
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if has_stop(mid) else (mid + 1, hi)
+    return lo
+
+
+def _eos_ids(*sources: Any) -> set[int]:
+    """Every end-of-sequence id a generation config or tokenizer names (an int or a list)."""
+    found: set[int] = set()
+    for source in sources:
+        value = getattr(source, "eos_token_id", None)
+        found.update([value] if isinstance(value, int) else value or [])
+    return found
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """bfloat16 on CUDA, float32 on CPU (no fast bf16 on AVX2), unless the caller names one."""
+    import torch
+
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise DGPOError(f"unknown dtype '{dtype}': use float32, bfloat16 or float16")
+    return resolved
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left padding keeps every row's last token at the end, where generation continues."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    return ids, mask
+
+
+def _sampled_logprobs(step_scores: tuple[torch.Tensor, ...], sampled: torch.Tensor) -> torch.Tensor:
+    """Log-probs of the sampled ids, one step at a time (never a [batch, steps, vocab] tensor)."""
+    import torch
+
+    columns = [
+        torch.log_softmax(scores.float(), dim=-1).gather(1, sampled[:, t : t + 1])
+        for t, scores in enumerate(step_scores)
+    ]
+    return torch.cat(columns, dim=1)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: Any) -> Iterator[None]:
+    """Seed sampling without disturbing the caller's global RNG state."""
+    import torch
+
+    if seed is None:
+        yield
+        return
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

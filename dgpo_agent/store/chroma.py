@@ -1,0 +1,241 @@
+"""A Chroma collection as the agent's search engine: local directory or ``chroma run`` server.
+
+Chroma never embeds anything here: collections are opened with ``embedding_function=None`` and every add and
+query passes vectors from our :class:`Embedder`. Chroma's default embedding function would try to download
+an ONNX model, and a second embedding model would silently put the index in another space.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+from urllib.parse import urlsplit
+
+import chromadb
+from chromadb.config import Settings
+from chromadb.errors import NotFoundError
+from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from dgpo_agent.errors import DGPOError
+from dgpo_agent.state import Doc
+from dgpo_agent.store.corpus import read_corpus
+from dgpo_agent.store.embeddings import Embedder
+
+EMBEDDER_KEY = "dgpo_embedder"  # collection metadata: the JSON of Embedder.describe()
+HNSW = {"hnsw": {"space": "cosine"}}
+SETTINGS = Settings(anonymized_telemetry=False)
+
+
+def is_url(location: str | Path) -> bool:
+    """Whether a store location names a Chroma server rather than a local directory."""
+    return str(location).startswith(("http://", "https://"))
+
+
+def _index_hint(location: str) -> str:
+    return f"run `dgpo-agent index CORPUS --store {location}`"
+
+
+def _connect(location: str, must_exist: bool) -> Any:
+    """A client for a server URL or a local directory (created unless ``must_exist``)."""
+    if is_url(location):
+        url = urlsplit(location)
+        try:
+            return chromadb.HttpClient(
+                host=url.hostname or "localhost",
+                port=url.port or (443 if url.scheme == "https" else 8000),
+                ssl=url.scheme == "https",
+                settings=SETTINGS,
+            )
+        except ValueError as exc:
+            raise DGPOError(
+                f"cannot reach the Chroma server at {location}: start it with `chroma run --path DIR --port N` "
+                "or fix the URL"
+            ) from exc
+    path = Path(location).expanduser()
+    if must_exist and not path.is_dir():
+        raise DGPOError(f"no store at {location}: {_index_hint(location)}")
+    path.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(path), settings=SETTINGS)
+
+
+def _batched(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def _unique(batch: list[dict]) -> list[dict]:
+    """The first record for each id: Chroma rejects a batch that repeats an id."""
+    first: dict[str, dict] = {}
+    for record in batch:
+        first.setdefault(record["id"], record)
+    return list(first.values())
+
+
+def passage_text(record: dict) -> str:
+    """What is embedded for a passage: title and text, as wiki-18 ``contents`` (Search-R1's indexes do this)."""
+    return f"{record['title']}\n{record['text']}" if record["title"] else record["text"]
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("indexing"),
+        MofNCompleteColumn(),
+        TextColumn("read, {task.fields[added]} new"),
+        TimeElapsedColumn(),
+        disable=not enabled,
+    )
+
+
+class ChromaStore:
+    """A searchable passage store in one Chroma collection.
+
+    ``location`` is a local directory or an ``http(s)://host:port`` URL of a ``chroma run`` server. The
+    embedder is recorded in the collection when it is created; reopening without one rebuilds it from that
+    record, and an explicit embedder that disagrees with it is refused.
+    """
+
+    def __init__(
+        self,
+        location: str | Path,
+        collection: str = "dgpo",
+        embedder: Embedder | None = None,
+        must_exist: bool = False,
+    ) -> None:
+        self.location = str(location)
+        self.name = collection
+        self._client = _connect(self.location, must_exist)
+        self._collection = self._get() if must_exist else self._get_or_create(embedder or Embedder())
+        self.embedder = self._recorded_embedder(embedder)
+
+    def __repr__(self) -> str:
+        return f"ChromaStore({self.location!r}, collection={self.name!r}, embedder={self.embedder!r})"
+
+    def _get(self) -> Any:
+        try:
+            return self._client.get_collection(self.name, embedding_function=None)
+        except NotFoundError as exc:
+            raise DGPOError(
+                f"no collection {self.name!r} in the store at {self.location}: {_index_hint(self.location)}"
+            ) from exc
+
+    def _get_or_create(self, embedder: Embedder) -> Any:
+        """Open the collection, creating it (cosine HNSW, embedder recorded) if it does not exist."""
+        return self._client.get_or_create_collection(
+            self.name,
+            configuration=HNSW,
+            metadata={EMBEDDER_KEY: json.dumps(embedder.describe(), sort_keys=True)},
+            embedding_function=None,
+        )
+
+    def _recorded_embedder(self, given: Embedder | None) -> Embedder:
+        """The embedder the collection was built with; refuses one from another embedding space."""
+        recorded = (self._collection.metadata or {}).get(EMBEDDER_KEY)
+        if recorded is None:
+            if given is None:
+                raise DGPOError(
+                    f"collection {self.name!r} at {self.location} records no embedder: pass the embedder "
+                    "it was built with (Embedder(MODEL, ...))"
+                )
+            return given
+        description = json.loads(recorded)
+        if given is None:
+            return Embedder(**description)
+        if given.describe() != description:
+            raise DGPOError(
+                f"collection {self.name!r} at {self.location} was built with {description}, not "
+                f"{given.describe()}: use the recorded embedder (pass none) or index into a new store"
+            )
+        return given
+
+    # ------------------------------------------------------------------------------------- writing
+
+    def ingest(self, records: Iterable[dict], batch_size: int = 256, progress: bool = True) -> int:
+        """Add the records whose ids are not in the store yet; returns how many were added.
+
+        Safe to re-run after an interruption: each batch first asks which of its ids exist and embeds only
+        the others, so a re-run finishes the job without duplicates or re-embedding.
+        """
+        batch_size = min(batch_size, self._client.get_max_batch_size())
+        added = 0
+        with _progress(progress) as bar:
+            task = bar.add_task("indexing", total=len(records) if isinstance(records, Sequence) else None, added=0)
+            for batch in _batched(records, batch_size):
+                added += self._add_missing(_unique(batch))
+                bar.update(task, advance=len(batch), added=added)
+        return added
+
+    def _add_missing(self, batch: list[dict]) -> int:
+        existing = set(self._collection.get(ids=[r["id"] for r in batch], include=[])["ids"])
+        new = [r for r in batch if r["id"] not in existing]
+        if new:
+            self._collection.add(
+                ids=[r["id"] for r in new],
+                embeddings=self.embedder.embed_passages([passage_text(r) for r in new]),
+                documents=[r["text"] for r in new],
+                metadatas=[{"title": r["title"]} for r in new],
+            )
+        return len(new)
+
+    # ------------------------------------------------------------------------------------- reading
+
+    def count(self) -> int:
+        """Number of passages in the store."""
+        return self._collection.count()
+
+    def search(self, queries: Sequence[str], k: int = 3) -> list[list[Doc]]:
+        """The top-``k`` passages for each query, best first, scored by cosine similarity (1 - distance).
+
+        All queries go through one embedding call and one Chroma query.
+        """
+        if not queries:
+            return []
+        result = self._collection.query(
+            query_embeddings=self.embedder.embed_queries(list(queries)),
+            n_results=k,
+            include=["documents", "metadatas", "distances"],
+        )
+        if not any(result["ids"]):
+            raise DGPOError(f"store {self.location} is empty: {_index_hint(self.location)}")
+        rows = zip(result["ids"], result["documents"], result["metadatas"], result["distances"])
+        return [[_doc(i, d, m, 1.0 - dist) for i, d, m, dist in zip(*row)] for row in rows]
+
+    def get(self, ids: Sequence[str]) -> list[Doc]:
+        """The passages with these ids, in the given order (score 0.0: they were not retrieved)."""
+        found = self._collection.get(ids=list(ids), include=["documents", "metadatas"])
+        by_id = {i: _doc(i, d, m, 0.0) for i, d, m in zip(found["ids"], found["documents"], found["metadatas"])}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise DGPOError(
+                f"{len(missing)} id(s) not in the store at {self.location} (e.g. {missing[:3]}): index the "
+                "corpus these ids come from"
+            )
+        return [by_id[i] for i in ids]
+
+    def as_langchain_retriever(self, k: int = 3) -> Any:
+        """This store as a LangChain ``BaseRetriever`` returning ``k`` documents per query."""
+        from dgpo_agent.store.langchain import StoreRetriever
+
+        return StoreRetriever(store=self, k=k)
+
+
+def _doc(id: str, text: str | None, metadata: dict | None, score: float) -> Doc:
+    return Doc(id=id, title=str((metadata or {}).get("title", "")), text=text or "", score=score)
+
+
+def index_corpus(
+    corpus_path: str | Path,
+    location: str | Path,
+    collection: str = "dgpo",
+    embedder: Embedder | None = None,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> ChromaStore:
+    """Index (or finish indexing) a JSONL corpus into a store and return the store."""
+    records = read_corpus(corpus_path)
+    store = ChromaStore(location, collection, embedder)
+    store.ingest(records, batch_size=batch_size, progress=progress)
+    return store

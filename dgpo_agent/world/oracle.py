@@ -1,0 +1,192 @@
+"""A scripted expert that answers world questions by searching and reading, never by lookup.
+
+Each turn it re-reads the whole context: it parses the question with the world's grammar, reads
+every retrieved document (trusting only facts whose subject is exactly the document's title, so
+near-named distractors are ignored), walks the question's path as far as the documents allow, and
+then searches for the first missing fact, retries once with other words, or answers. Because the
+turn is a pure function of the context, the oracle is deterministic and also answers at once when
+the context already holds the evidence.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from dgpo_agent.backends.base import Completion, Context, SamplingParams
+from dgpo_agent.protocol import parse_action, render_prompt
+from dgpo_agent.state import Segment
+from dgpo_agent.world.corpus import WORK_VOCAB, read_facts
+from dgpo_agent.world.grammar import Parsed, parse_question
+
+UNKNOWN = "unknown"
+
+# How a known fact is said in a thought, and how a missing one is asked for.
+STATEMENTS = {
+    "born_in": "{s} was born in {o}",
+    "birth_year": "{s} was born in {o}",
+    "located_in": "{s} is in {o}",
+    "founded_by": "{s} was founded by {o}",
+    "founded_year": "{s} was founded in {o}",
+    "headquartered_in": "{s} is headquartered in {o}",
+    "created_by": "{s} was made by {o}",
+    "release_year": "{s} came out in {o}",
+    "published_by": "{s} was released by {o}",
+}
+NEEDS = {
+    "born_in": "where {s} was born",
+    "birth_year": "when {s} was born",
+    "located_in": "which country {s} is in",
+    "founded_by": "who founded {s}",
+    "founded_year": "when {s} was founded",
+    "headquartered_in": "where {s} is headquartered",
+    "created_by": "who made {s}",
+    "release_year": "when {s} came out",
+    "published_by": "who released {s}",
+}
+# The first query for a missing fact, then the retry: the entity's name and the words its passages use.
+QUERIES = {
+    "born_in": ("{s} birthplace", "{s}"),
+    "birth_year": ("{s} birth year", "{s} was born in the year"),
+    "located_in": ("{s} country", "{s} city located in"),
+    "founded_by": ("{s} founder", "{s} founded by"),
+    "founded_year": ("{s} founded year", "{s} established in"),
+    "headquartered_in": ("{s} headquarters", "{s} headquartered in"),
+    "created_by": ("{s} {creator_noun}", "{s} {made_by}"),
+    "release_year": ("{s} release year", "{s} came out"),
+    "published_by": ("{s} {publisher_noun}", "{s} {publish_verb} by"),
+}
+# Work vocabulary for queries when the question does not tell the type of work.
+GENERIC_WORK_VOCAB = {
+    "creator_noun": "creator", "made_by": "made by", "publisher_noun": "publisher", "publish_verb": "released",
+}
+
+_INFORMATION_RE = re.compile(r"<information>(.*?)</information>", re.DOTALL)
+_DOC_RE = re.compile(r"^Doc \d+\(Title: ([^)\n]*)\) (.*)$", re.MULTILINE)
+
+
+@dataclass
+class Memory:
+    """Facts read from retrieved documents, keyed by case-folded subject, with names as written."""
+
+    facts: dict[tuple[str, str], str] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+
+    def read(self, title: str, text: str) -> None:
+        """Keep the facts a document states about its own title and nothing else."""
+        for (subject, relation), obj in read_facts(text).items():
+            if subject.casefold() == title.strip().casefold():
+                self.facts[(subject.casefold(), relation)] = obj
+                self.names[subject.casefold()] = subject
+
+    def name(self, entity: str) -> str:
+        """The entity's name as the documents write it (questions may be typed in any case)."""
+        return self.names.get(entity.casefold(), entity)
+
+    def follow(self, node: str, relation: str) -> tuple[str, str, str] | None:
+        """The fact ``(subject, relation, object)`` one step from ``node``, if a document stated it."""
+        obj = self.facts.get((node.casefold(), relation))
+        return None if obj is None else (self.name(node), relation, obj)
+
+
+@dataclass
+class Progress:
+    """How far a question's plan got: the facts used, what is missing, or the answer."""
+
+    known: list[tuple[str, str, str]]
+    need: tuple[str, str] | None = None  # (entity, relation)
+    answer: str | None = None
+
+
+class OraclePolicy:
+    """The Policy protocol over the scripted expert (text only: ``encode`` returns None)."""
+
+    def prompt(self, question: str) -> Segment:
+        return Segment(role="prompt", text=render_prompt(question), ids=None)
+
+    def encode(self, text: str) -> list[int] | None:
+        return None
+
+    def generate(self, contexts: Sequence[Context], params: SamplingParams) -> list[Completion]:
+        return [Completion(text=self.turn(c)) for c in contexts]
+
+    def turn(self, context: Context) -> str:
+        """The next generation for one context: a search or an answer, after a short thought."""
+        parsed = parse_question(context.question)
+        if parsed is None:
+            return _answer("I cannot tell what this question asks.", UNKNOWN)
+        progress = plan(parsed, _memory(context))
+        known = " ".join(f"{STATEMENTS[r].format(s=s, o=o)}." for s, r, o in progress.known)
+        if progress.answer is not None:
+            return _answer(f"{known} So the answer is {progress.answer}.", progress.answer)
+        return _search(context, parsed, progress.need, known)
+
+
+def plan(parsed: Parsed, memory: Memory) -> Progress:
+    """Walk the question's path (or read both years of a comparison) as far as memory allows."""
+    family = parsed.family
+    if family.pick:
+        return _compare(parsed, memory)
+    node, known = parsed.entities[0], []
+    for relation in family.path:
+        fact = memory.follow(node, relation)
+        if fact is None:
+            return Progress(known, need=(memory.name(node), relation))
+        known.append(fact)
+        node = fact[2]
+    return Progress(known, answer=node)
+
+
+def _compare(parsed: Parsed, memory: Memory) -> Progress:
+    """Both entities' years, then the earlier or later one."""
+    relation, known = parsed.family.path[0], []
+    for entity in parsed.entities:
+        fact = memory.follow(entity, relation)
+        if fact is None:
+            return Progress(known, need=(memory.name(entity), relation))
+        known.append(fact)
+    pick = min if parsed.family.pick == "min" else max
+    return Progress(known, answer=pick(known, key=lambda fact: int(fact[2]))[0])
+
+
+def _memory(context: Context) -> Memory:
+    """Everything the environment's documents said so far (documents can also come with the prompt)."""
+    memory = Memory()
+    for segment in context.segments:
+        if segment["role"] != "model":
+            for block in _INFORMATION_RE.findall(segment["text"]):
+                for title, text in _DOC_RE.findall(block):
+                    memory.read(title, text)
+    return memory
+
+
+def _queries(context: Context) -> list[str]:
+    """The searches the policy already made in this context."""
+    actions = (parse_action(s["text"]) for s in context.segments if s["role"] == "model")
+    return [a.content for a in actions if a.kind == "search"]
+
+
+def _search(context: Context, parsed: Parsed, need: tuple[str, str], known: str) -> str:
+    """Search for the missing fact, retry once with other words, then give up."""
+    entity, relation = need
+    wanted = NEEDS[relation].format(s=entity)
+    vocab = WORK_VOCAB.get(parsed.work_type, GENERIC_WORK_VOCAB)
+    queries = [template.format(s=entity, **vocab) for template in QUERIES[relation]]
+    issued = {q.casefold() for q in _queries(context)}
+    fresh = [q for q in queries if q.casefold() not in issued]
+    if not fresh:
+        return _answer(f"{known} I could not find {wanted}.", UNKNOWN)
+    if fresh[0] == queries[0]:
+        thought = f"I need to find {wanted}."
+    else:
+        thought = f"The results do not say {wanted}; I will search with other words."
+    return f"{_think(f'{known} {thought}')}\n<search> {fresh[0]} </search>"
+
+
+def _think(thought: str) -> str:
+    return f"<think> {thought.strip()} </think>"
+
+
+def _answer(thought: str, answer: str) -> str:
+    return f"{_think(thought)}\n<answer> {answer} </answer>"

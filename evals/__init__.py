@@ -1,0 +1,1 @@
+"""Evaluation: scoring trajectories against gold answers and evidence (installed as ``dgpo_agent.evals``)."""
