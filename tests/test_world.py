@@ -21,11 +21,9 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    out = tmp_path_factory.mktemp("small")
-    generate_world(out, WorldConfig.preset("small", seed=0))
-    return out
+@pytest.fixture
+def small(small_world):
+    return small_world
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,11 @@ Importing this package is cheap: torch, transformers, openai and vllm load only 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 from dgpo_agent.backends.base import Completion, Context, Policy, SamplingParams
 from dgpo_agent.errors import DGPOError
+from dgpo_agent.protocol import render_prompt
 from dgpo_agent.state import Segment
 
 __all__ = ["Completion", "Context", "Policy", "SamplingParams", "load_policy"]
@@ -52,9 +53,23 @@ def load_policy(
 # ----------------------------------------------------------------------------- shared by token backends
 
 
-def token_prompt(text: str, encode: Callable[[str], list[int]]) -> Segment:
-    """The opening segment of a token backend: the rendered prompt with its ids."""
-    return {"role": "prompt", "text": text, "ids": encode(text)}
+class TokenPolicy:
+    """What every backend that continues token ids shares: the prompt with its ids, encoding of
+    environment text, and the id rows to continue, checked against the model's window."""
+
+    tokenizer: Any
+
+    def prompt(self, question: str) -> Segment:
+        text = render_prompt(question, self.tokenizer)
+        return {"role": "prompt", "text": text, "ids": self.encode(text)}
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def rows(self, contexts: Sequence[Context], max_new_tokens: int, window: int | None) -> list[list[int]]:
+        rows = [context_ids(c, self.encode) for c in contexts]
+        check_window(rows, max_new_tokens, window)
+        return rows
 
 
 def context_ids(context: Context, encode: Callable[[str], list[int]]) -> list[int]:

@@ -10,17 +10,15 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from dgpo_agent.backends import check_window, context_ids, token_prompt
+from dgpo_agent.backends import TokenPolicy
 from dgpo_agent.backends.base import Completion, Context, SamplingParams
 from dgpo_agent.errors import DGPOError
-from dgpo_agent.protocol import render_prompt
-from dgpo_agent.state import Segment
 
 if TYPE_CHECKING:
     import torch
 
 
-class TransformersPolicy:
+class TransformersPolicy(TokenPolicy):
     """A causal LM and its tokenizer, generating with ``model.generate``."""
 
     def __init__(self, model: Any, tokenizer: Any) -> None:
@@ -57,20 +55,13 @@ class TransformersPolicy:
             ) from err
         return cls(model.to(device).eval(), tok)
 
-    def prompt(self, question: str) -> Segment:
-        return token_prompt(render_prompt(question, self.tokenizer), self.encode)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
     def generate(self, contexts: Sequence[Context], params: SamplingParams) -> list[Completion]:
         """Continue every context in one ``model.generate`` call."""
         if not contexts:
             return []
         import torch
 
-        rows = [context_ids(c, self.encode) for c in contexts]
-        check_window(rows, params.max_new_tokens, getattr(self.model.config, "max_position_embeddings", None))
+        rows = self.rows(contexts, params.max_new_tokens, getattr(self.model.config, "max_position_embeddings", None))
         input_ids, attention_mask = _left_pad(rows, self.pad_id, self.device)
         with torch.no_grad(), _seeded(params.seed, self.device):
             out = self.model.generate(

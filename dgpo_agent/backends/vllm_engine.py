@@ -9,11 +9,9 @@ from __future__ import annotations
 import importlib.util
 from typing import Any, Sequence
 
-from dgpo_agent.backends import check_window, context_ids, token_prompt
+from dgpo_agent.backends import TokenPolicy
 from dgpo_agent.backends.base import Completion, Context, SamplingParams
 from dgpo_agent.errors import DGPOError
-from dgpo_agent.protocol import render_prompt
-from dgpo_agent.state import Segment
 
 
 def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
@@ -40,7 +38,7 @@ def require_vllm() -> None:
         raise DGPOError("vLLM is not installed: pip install 'dgpo-agent[vllm]' (needs a CUDA GPU)")
 
 
-class VLLMPolicy:
+class VLLMPolicy(TokenPolicy):
     """A ``vllm.LLM`` engine. ``engine_kwargs`` go to ``vllm.LLM`` (dtype, gpu_memory_utilization, ...)."""
 
     def __init__(self, model: str, tokenizer: str | None = None, **engine_kwargs: Any) -> None:
@@ -53,20 +51,13 @@ class VLLMPolicy:
         self.llm = vllm.LLM(model=model, tokenizer=tokenizer, **engine_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
 
-    def prompt(self, question: str) -> Segment:
-        return token_prompt(render_prompt(question, self.tokenizer), self.encode)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
     def generate(self, contexts: Sequence[Context], params: SamplingParams) -> list[Completion]:
         """Continue every context in one ``LLM.generate`` call (outputs come back in prompt order)."""
         if not contexts:
             return []
         import vllm
 
-        rows = [context_ids(c, self.encode) for c in contexts]
-        check_window(rows, params.max_new_tokens, self.llm.llm_engine.model_config.max_model_len)
+        rows = self.rows(contexts, params.max_new_tokens, self.llm.llm_engine.model_config.max_model_len)
         prompts = [{"prompt_token_ids": ids} for ids in rows]
         outputs = self.llm.generate(prompts, vllm.SamplingParams(**sampling_kwargs(params)), use_tqdm=False)
         return [_completion(out.outputs[0]) for out in outputs]

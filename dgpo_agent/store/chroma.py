@@ -189,7 +189,9 @@ class ChromaStore:
     def search(self, queries: Sequence[str], k: int = 3) -> list[list[Doc]]:
         """The top-``k`` passages for each query, best first, scored by cosine similarity (1 - distance).
 
-        All queries go through one embedding call and one Chroma query.
+        All queries go through one embedding call and one Chroma query. Scores are rounded to
+        ``SCORE_DIGITS`` decimals: embedding a query alone or in a batch differs by float noise
+        (~1e-7), which would otherwise make identical trajectories compare unequal.
         """
         if not queries:
             return []
@@ -201,7 +203,7 @@ class ChromaStore:
         if not any(result["ids"]):
             raise DGPOError(f"store {self.location} is empty: {_index_hint(self.location)}")
         rows = zip(result["ids"], result["documents"], result["metadatas"], result["distances"])
-        return [[_doc(i, d, m, 1.0 - dist) for i, d, m, dist in zip(*row)] for row in rows]
+        return [[_doc(i, d, m, round(1.0 - dist, SCORE_DIGITS)) for i, d, m, dist in zip(*row)] for row in rows]
 
     def get(self, ids: Sequence[str]) -> list[Doc]:
         """The passages with these ids, in the given order (score 0.0: they were not retrieved)."""
@@ -220,6 +222,9 @@ class ChromaStore:
         from dgpo_agent.store.langchain import StoreRetriever
 
         return StoreRetriever(store=self, k=k)
+
+
+SCORE_DIGITS = 4
 
 
 def _doc(id: str, text: str | None, metadata: dict | None, score: float) -> Doc:
