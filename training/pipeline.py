@@ -94,7 +94,7 @@ def _run_stage(stage: Stage, cfg: PipelineConfig, run: Path) -> dict:
             return record["summary"]
     console.print(f"[bold]▶ {stage.name}[/bold]")
     start = time.perf_counter()
-    summary = stage.run(cfg, run)
+    summary = json.loads(json.dumps(stage.run(cfg, run)))  # as a cached run would read it back
     seconds = time.perf_counter() - start
     marker.parent.mkdir(exist_ok=True)
     marker.write_text(json.dumps({"fingerprint": fingerprint, "seconds": seconds, "summary": summary}, indent=2))

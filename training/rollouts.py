@@ -1,0 +1,76 @@
+"""Scored rollouts written to JSONL, in resumable chunks: the oracle's demonstrations, the teacher's
+outputs (TGO) and, later, evaluation runs all go through here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dgpo_agent.agent import output
+from dgpo_agent.evals.scoring import score
+from dgpo_agent.rollout import AgentConfig, run_batch, token_trajectory
+from dgpo_agent.state import AgentState
+
+CHUNK = 256  # questions per batched run: one progress tick, one resumable append
+
+
+def rollout_records(
+    records: list[dict], policy, retriever, config: AgentConfig, path: Path, label: str, tokens: bool = False
+) -> list[dict]:
+    """Roll out ``records`` (question records with an ``id``) and append scored rows to ``path``.
+
+    A re-run skips ids already written, so an interrupted run resumes. With ``tokens`` each row also
+    keeps the sampled token ids, the environment mask and the log-probs (for training).
+    """
+    from rich.progress import Progress
+
+    done = read_rows(path)
+    written = {row["id"] for row in done}
+    todo = [r for r in records if r["id"] not in written]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Progress(transient=True) as progress, path.open("a") as sink:
+        task = progress.add_task(label, total=len(records), completed=len(records) - len(todo))
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start : start + CHUNK]
+            states = run_batch([r["question"] for r in chunk], policy, retriever, config)
+            for record, state in zip(chunk, states, strict=True):
+                row = scored_row(record, state, tokens)
+                sink.write(json.dumps(row) + "\n")
+                done.append(row)
+            sink.flush()
+            progress.advance(task, len(chunk))
+    order = {r["id"]: i for i, r in enumerate(records)}
+    return sorted((row for row in done if row["id"] in order), key=lambda row: order[row["id"]])
+
+
+def scored_row(record: dict, state: AgentState, tokens: bool = False) -> dict:
+    """The question record with the agent's answer, steps, segments (text) and scores."""
+    result = output(state)
+    row = {
+        **record,
+        "answer": result["answer"],
+        "steps": result["steps"],
+        "segments": [{"role": s["role"], "text": s["text"]} for s in state["segments"]],
+        "scores": score(result, record),
+    }
+    if tokens:
+        traj = token_trajectory(state)
+        row.update(prompt_ids=traj.prompt_ids, response_ids=traj.response_ids, env_mask=traj.env_mask, logprobs=traj.logprobs)
+    return row
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows already written; a line cut by an interruption is dropped and the file truncated to match."""
+    if not path.is_file():
+        return []
+    rows, good = [], 0
+    with path.open() as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+            good += len(line.encode())
+    with path.open("r+b") as f:
+        f.truncate(good)
+    return rows
