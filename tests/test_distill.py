@@ -1,0 +1,309 @@
+"""Cold-start training: completion masks from segment roles, the forward-KL/CE loss, and the trainers."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from dgpo_agent import protocol
+from dgpo_agent.errors import DGPOError
+from dgpo_agent.rollout import TokenTrajectory
+from dgpo_agent.training.data import CompletionCollator, encode_segments, from_token_trajectory, load_examples, stop_id
+from dgpo_agent.training.distill import DistillConfig, DistillTrainer, loss_terms, train_kd, train_sft
+from tests.models import tiny_qwen2, tiny_tokenizer
+
+QUESTION = "Who wrote the novel Moby Dick"
+DOCS = [{"id": "1", "title": "Moby-Dick", "text": "Moby-Dick is an 1851 novel by Herman Melville.", "score": 1.0}]
+MODEL_TEXTS = [
+    "<think> I need the author. </think>\n<search> Moby Dick author </search>",
+    "I will look it up.",
+    "<think> The author is Herman Melville. </think>\n<answer> Herman Melville </answer>",
+]
+
+
+def segments(question: str = QUESTION, model_texts: list[str] = MODEL_TEXTS) -> list[dict]:
+    """A text-only trajectory as the oracle stage writes it: search, retrieved docs, an invalid turn, answer."""
+    search, invalid, answer = model_texts
+    return [
+        {"role": "prompt", "text": protocol.render_prompt(question)},
+        {"role": "model", "text": search},
+        {"role": "env", "text": protocol.information(DOCS)},
+        {"role": "model", "text": invalid},
+        {"role": "env", "text": protocol.CORRECTIVE_OBSERVATION},
+        {"role": "model", "text": answer},
+    ]
+
+
+def masked_spans(example: dict) -> list[list[int]]:
+    """The runs of consecutive ids whose completion mask is 1."""
+    spans, current = [], []
+    for token, keep in zip(example["input_ids"], example["completion_mask"]):
+        if keep:
+            current.append(token)
+        elif current:
+            spans.append(current)
+            current = []
+    return spans + ([current] if current else [])
+
+
+def config(tmp_path, **kwargs) -> DistillConfig:
+    defaults = {
+        "output_dir": str(tmp_path),
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "disable_tqdm": True,
+        "seed": 0,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 3e-3,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+    }
+    return DistillConfig(**{**defaults, **kwargs})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning
+    made these training steps 30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def test_encode_segments_masks_exactly_the_model_segments(tok) -> None:
+    example = encode_segments(segments(), tok, question=QUESTION)
+    assert len(example["input_ids"]) == len(example["completion_mask"])
+    decoded = [tok.decode(span, skip_special_tokens=False) for span in masked_spans(example)]
+    assert decoded == [MODEL_TEXTS[0], MODEL_TEXTS[1], MODEL_TEXTS[2] + "<|im_end|>"]
+
+    info = tok.convert_tokens_to_ids("<information>")
+    assert info in example["input_ids"]
+    assert info not in [t for t, m in zip(example["input_ids"], example["completion_mask"]) if m]
+    # The prompt is re-rendered in the tokenizer's chat template and never a target.
+    prompt = protocol.render_prompt(QUESTION, tok)
+    n = len(tok.encode(prompt, add_special_tokens=False))
+    assert tok.decode(example["input_ids"][:n], skip_special_tokens=False) == prompt
+    assert example["completion_mask"][: n + 1] == [0] * n + [1]
+
+
+def test_encode_segments_without_question_keeps_prompt_text_and_adds_no_stop_without_answer(tok) -> None:
+    segs = segments()[:3]  # prompt, search, documents: the run never answered
+    example = encode_segments(segs, tok)
+    assert tok.decode(example["input_ids"], skip_special_tokens=False) == "".join(s["text"] for s in segs)
+    assert stop_id(tok) not in example["input_ids"]
+    with pytest.raises(DGPOError, match="prompt segment"):
+        encode_segments(segs[1:], tok)
+
+
+def test_from_token_trajectory_keeps_ids_and_masks_environment() -> None:
+    traj = TokenTrajectory(prompt_ids=[5, 6], response_ids=[7, 8, 9, 10], env_mask=[0, 1, 1, 0], logprobs=None)
+    assert from_token_trajectory(traj) == {"input_ids": [5, 6, 7, 8, 9, 10], "completion_mask": [0, 0, 1, 0, 0, 1]}
+
+
+def test_collator_right_pads_and_labels_only_completion_tokens() -> None:
+    batch = CompletionCollator(pad_id=0)(
+        [
+            {"input_ids": [11, 12, 13, 14], "completion_mask": [0, 1, 0, 1]},
+            {"input_ids": [21, 22], "completion_mask": [0, 1]},
+        ]
+    )
+    assert batch["input_ids"].tolist() == [[11, 12, 13, 14], [21, 22, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 12, -100, 14], [-100, 22, -100, -100]]
+
+
+def test_load_examples_reads_text_and_token_rows_and_filters_correct(tok, tmp_path) -> None:
+    rows = [
+        {"question": QUESTION, "segments": segments(), "scores": {"em": 1.0}},
+        {"question": "capital of France", "segments": segments("capital of France"), "scores": {"em": 0.0}},
+        {"prompt_ids": [1, 2], "response_ids": [3, 4, 5], "env_mask": [0, 1, 0], "scores": {"em": 1.0}},
+    ]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    everything = load_examples(path, tok)
+    correct = load_examples(path, tok, correct_only=True)
+    assert len(everything) == 3 and len(correct) == 2
+    assert correct[0] == encode_segments(segments(), tok, question=QUESTION)
+    assert correct[1] == {"input_ids": [1, 2, 3, 4, 5], "completion_mask": [0, 0, 1, 0, 1]}
+
+    path.write_text(json.dumps({"question": QUESTION, "segments": segments()}) + "\n")
+    with pytest.raises(DGPOError, match="no scores.em"):
+        load_examples(path, tok, correct_only=True)
+
+
+# ----------------------------------------------------------------------------------------- loss
+
+
+def _log_softmax(row: list[float]) -> list[float]:
+    norm = math.log(sum(math.exp(x) for x in row))
+    return [x - norm for x in row]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_forward_kl_and_ce_match_hand_computation(temperature: float) -> None:
+    student = [[0.0, 1.0, 2.0], [1.0, -1.0, 0.5], [9.0, 9.0, 9.0]]
+    teacher = [[2.0, 0.0, 0.0], [0.0, 0.0, 3.0], [-9.0, 0.0, 9.0]]
+    labels = torch.tensor([[-100, 0, 2]])  # position t predicts label t+1: two target positions
+    terms = loss_terms(torch.tensor([student]), labels, torch.tensor([teacher]), temperature)
+
+    kls, ces = [], []
+    for t, target in enumerate([0, 2]):
+        log_s = _log_softmax([x / temperature for x in student[t]])
+        log_t = _log_softmax([x / temperature for x in teacher[t]])
+        kls.append(sum(math.exp(lt) * (lt - ls) for lt, ls in zip(log_t, log_s)))
+        ces.append(-_log_softmax(student[t])[target])
+    assert terms.tokens.item() == 2
+    assert terms.kd.item() == pytest.approx(sum(kls) / 2, rel=1e-6)
+    assert terms.ce.item() == pytest.approx(sum(ces) / 2, rel=1e-6)
+
+
+def test_forward_kl_is_zero_when_student_is_teacher() -> None:
+    logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([[-100, 1, 2, 3, 4], [-100, -100, 5, 6, -100]])
+    assert loss_terms(logits, labels, logits.clone()).kd.item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_loss_ignores_masked_positions_exactly() -> None:
+    gen = torch.Generator().manual_seed(1)
+    teacher = torch.randn(1, 5, 7, generator=gen)
+    labels = torch.tensor([[-100, 3, -100, -100, 4]])  # targets predicted at positions 0 and 3
+    ignored = [1, 2, 4]
+
+    def loss_and_grad(student: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        student = student.clone().requires_grad_(True)
+        terms = loss_terms(student, labels, teacher)
+        loss = terms.kd + terms.ce
+        loss.backward()
+        return loss.detach(), student.grad
+
+    student = torch.randn(1, 5, 7, generator=gen)
+    loss, grad = loss_and_grad(student)
+    assert torch.all(grad[0, ignored] == 0)
+    assert torch.all(grad[0, [0, 3]].abs().sum(-1) > 0)
+
+    changed = student.clone()
+    changed[0, ignored] = 100 * torch.randn(len(ignored), 7, generator=gen)
+    loss2, grad2 = loss_and_grad(changed)
+    assert torch.equal(loss, loss2)
+    assert torch.equal(grad, grad2)
+
+
+# ----------------------------------------------------------------------------------------- trainer
+
+
+def dataset(tok):
+    from datasets import Dataset
+
+    questions = ["Who wrote the novel Moby Dick", "What is the capital of France", "Who wrote Moby Dick", "capital of France"]
+    return Dataset.from_list([encode_segments(segments(q), tok, question=q) for q in questions] * 2)
+
+
+def test_loss_weights_follow_the_mode(tmp_path) -> None:
+    assert config(tmp_path).loss_weights(has_teacher=True) == (0.0, 1.0)
+    assert config(tmp_path).loss_weights(has_teacher=False) == (1.0, 0.0)
+    assert config(tmp_path, kd_lambda=0).loss_weights(has_teacher=True) == (1.0, 0.0)
+    assert config(tmp_path, kd_lambda=1.0, ce_weight=0.5).loss_weights(has_teacher=True) == (0.5, 1.0)
+    with pytest.raises(DGPOError, match="needs a teacher"):
+        config(tmp_path, kd_lambda=1.0).loss_weights(has_teacher=False)
+    with pytest.raises(DGPOError, match="both 0"):
+        config(tmp_path, kd_lambda=0, ce_weight=0).loss_weights(has_teacher=True)
+
+
+def test_trainer_loss_mixes_ce_and_kd(tok, tmp_path) -> None:
+    student, teacher = tiny_qwen2(tok, seed=1), tiny_qwen2(tok, seed=0)
+    batch = CompletionCollator.for_tokenizer(tok)(list(dataset(tok))[:3])
+
+    plain = DistillTrainer(student, config(tmp_path, kd_lambda=0, ce_weight=1), tok, teacher_model=teacher)
+    assert plain.teacher_model is None  # kd_lambda=0: no teacher forward at all
+    with torch.no_grad():
+        hf_ce = student(**batch).loss
+        loss = plain.compute_loss(student, batch)
+    assert loss.item() == pytest.approx(hf_ce.item(), rel=1e-5)
+
+    mixed = DistillTrainer(student, config(tmp_path, kd_lambda=2.0, ce_weight=0.5), tok, teacher_model=teacher)
+    with torch.no_grad():
+        loss = mixed.compute_loss(student, batch)
+        terms = loss_terms(student(**batch).logits, batch["labels"], teacher(**batch).logits)
+    assert terms.kd.item() > 0
+    assert loss.item() == pytest.approx(0.5 * terms.ce.item() + 2.0 * terms.kd.item(), rel=1e-5)
+
+
+def test_padded_teacher_embeddings_are_sliced(tok, tmp_path) -> None:
+    student = tiny_qwen2(tok, seed=1)
+    teacher = copy.deepcopy(tiny_qwen2(tok, seed=0))
+    teacher.resize_token_embeddings(len(tok) + 64, mean_resizing=False)
+    with torch.no_grad():
+        teacher.get_output_embeddings().weight[len(tok) :] = 1.0  # padding rows that would dominate a softmax
+    batch = CompletionCollator.for_tokenizer(tok)(list(dataset(tok))[:2])
+    trainer = DistillTrainer(student, config(tmp_path), tok, teacher_model=teacher)
+    with torch.no_grad():
+        loss = trainer.compute_loss(student, batch)
+        expected = loss_terms(student(**batch).logits, batch["labels"], teacher(**batch).logits[..., : len(tok)]).kd
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_vocabulary_mismatch_is_a_one_line_error(tok, tmp_path) -> None:
+    small_tok = tiny_tokenizer(vocab_size=300)
+    with pytest.raises(DGPOError) as err:
+        DistillTrainer(tiny_qwen2(tok), config(tmp_path), tok, teacher_model=tiny_qwen2(small_tok))
+    assert str(err.value) == (
+        f"teacher and student vocabularies differ ({len(small_tok)} vs {len(tok)}): distil between models that share a tokenizer"
+    )
+
+    other_tok = tiny_tokenizer(texts=["A different corpus gives different merges and ids."])
+    with pytest.raises(DGPOError, match=r"^teacher and student vocabularies differ \(\d+ vs \d+\)[^\n]*$"):
+        DistillTrainer(tiny_qwen2(tok), config(tmp_path), tok, teacher_model=tiny_qwen2(tok), teacher_tokenizer=other_tok)
+
+
+def mean_terms(model, tok, teacher=None):
+    batch = CompletionCollator.for_tokenizer(tok)(list(dataset(tok)))
+    with torch.no_grad():
+        teacher_logits = teacher(**batch).logits if teacher is not None else None
+        return loss_terms(model(**batch).logits, batch["labels"], teacher_logits)
+
+
+def test_sft_steps_reduce_loss(tok, tmp_path) -> None:
+    model = copy.deepcopy(tiny_qwen2(tok))
+    before = mean_terms(model, tok).ce.item()
+    metrics = train_sft(model, tok, dataset(tok), config(tmp_path, max_steps=12))
+    after = mean_terms(model.eval(), tok).ce.item()
+    assert metrics["train_loss"] > 0
+    assert after < 0.5 * before
+
+
+def test_kd_steps_move_student_towards_teacher(tok, tmp_path) -> None:
+    student, teacher = copy.deepcopy(tiny_qwen2(tok, seed=1)), tiny_qwen2(tok, seed=0)
+    teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    before = mean_terms(student, tok, teacher).kd.item()
+
+    trainer = DistillTrainer(student, config(tmp_path, max_steps=12), tok, teacher_model=teacher, train_dataset=dataset(tok))
+    trainer.train()
+    after = mean_terms(student.eval(), tok, teacher).kd.item()
+
+    assert after < 0.7 * before
+    assert not teacher.training
+    assert all(p.grad is None for p in teacher.parameters())  # ran under no_grad
+    assert all(torch.equal(v, teacher_state[k]) for k, v in teacher.state_dict().items())
+    logged = [entry for entry in trainer.state.log_history if "kd" in entry]
+    assert logged and all("ce" in entry for entry in logged)
+
+
+def test_train_kd_returns_metrics(tok, tmp_path) -> None:
+    student = copy.deepcopy(tiny_qwen2(tok, seed=1))
+    metrics = train_kd(student, tiny_qwen2(tok, seed=0), tok, dataset(tok), config(tmp_path, max_steps=2))
+    assert metrics["train_loss"] > 0 and metrics["train_steps_per_second"] > 0
