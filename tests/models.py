@@ -1,4 +1,4 @@
-"""Tiny, offline model factories for tests: a byte-level BPE trained in-process and a random Qwen2.
+"""Tiny, offline model factories for tests: the world tokenizer trained in-process and a random Qwen2.
 
 Both build in about a second, so tests never need a downloaded checkpoint. Results are cached per
 process; callers that mutate a model should deep-copy it first.
@@ -13,18 +13,6 @@ from dgpo_agent import protocol
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
-
-EOS = "<|endoftext|>"
-CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
-TAG_TOKENS = tuple(f"<{slash}{tag}>" for tag in protocol.TAGS for slash in ("", "/"))
-
-# ChatML, as Qwen2.5 renders it, without the system turn.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 _CORPUS = [
     protocol.instructions("Who wrote the novel Moby Dick"),
@@ -41,30 +29,14 @@ _CORPUS = [
 
 @functools.lru_cache(maxsize=4)
 def _cached_tokenizer(texts: tuple[str, ...], vocab_size: int) -> PreTrainedTokenizerFast:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from dgpo_agent.training.tokenizer import train_tokenizer
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS, *CHAT_TOKENS, *TAG_TOKENS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        eos_token=EOS,
-        pad_token=EOS,
-        additional_special_tokens=[*CHAT_TOKENS, *TAG_TOKENS],
-        chat_template=CHAT_TEMPLATE,
-    )
+    return train_tokenizer(texts, vocab_size=vocab_size)
 
 
 def tiny_tokenizer(texts: list[str] | None = None, vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A byte-level BPE with the protocol tags and ChatML markers as special tokens, EOS = pad."""
+    """The project's world tokenizer (protocol tags as single tokens, ChatML, EOS = pad), trained on a
+    few protocol-shaped lines."""
     return _cached_tokenizer(tuple(texts or _CORPUS), vocab_size)
 
 
