@@ -65,7 +65,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
         "sft": sft,
         "train_minutes": round((time.perf_counter() - start) / 60, 1),
         "copy_accuracy": copy_accuracy(model, tokenizer, fresh, n=100),
-        "test": evaluate(model, tokenizer, world, args.eval_n),
+        "test": evaluate(model, tokenizer, world, args.eval_n, work / "test.jsonl"),
     }
 
 
@@ -90,23 +90,21 @@ def supervised(model, tokenizer, demonstrations: Path, steps: int, seed: int, ou
     return train_sft(model, tokenizer, load_examples(demonstrations, tokenizer, correct_only=True), config)
 
 
-def evaluate(model, tokenizer, world: Path, n: int) -> dict:
-    """Greedy test EM per data source through the batched graph."""
+def evaluate(model, tokenizer, world: Path, n: int, out: Path) -> dict:
+    """Greedy test EM per data source through the batched graph; trajectories kept in ``out``."""
     from dgpo_agent.backends.base import SamplingParams
     from dgpo_agent.backends.transformers import TransformersPolicy
-    from dgpo_agent.evals.scoring import aggregate, score
-    from dgpo_agent.rollout import AgentConfig, run_batch
+    from dgpo_agent.evals.scoring import aggregate
+    from dgpo_agent.rollout import AgentConfig
     from dgpo_agent.store import ChromaStore
-    from dgpo_agent.agent import output
+    from dgpo_agent.training.rollouts import rollout_records
     from dgpo_agent.world import load_questions
 
     records = load_questions(world / "test.jsonl")[:n]
     policy, store = TransformersPolicy(model.eval(), tokenizer), ChromaStore(world / "chroma", must_exist=True)
     config = AgentConfig(sampling=SamplingParams(max_new_tokens=96))
-    states = []
-    for start in range(0, len(records), 64):
-        states += run_batch([r["question"] for r in records[start : start + 64]], policy, store, config)
-    metrics = aggregate((r["data_source"], score(output(s), r)) for r, s in zip(records, states))
+    rows = rollout_records(records, policy, store, config, out, label="test")
+    metrics = aggregate((r["data_source"], r["scores"]) for r in rows)
     return {source: {k: m[k] for k in ("n", "em", "evidence_recall", "answered")} for source, m in metrics.items()}
 
 

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence, TypedDict
 
 from dgpo_agent.backends.base import Policy, SamplingParams
 from dgpo_agent.errors import DGPOError
-from dgpo_agent.rollout import AgentConfig, run_batch
+from dgpo_agent.rollout import AgentConfig, check_question, run_batch
 from dgpo_agent.state import AgentState, Step, transcript
 
 AGENT_FILE = "dgpo_agent.json"  # written beside a checkpoint: which store it was trained with
@@ -127,9 +127,3 @@ class CompactSearchAgent:
         for question in questions:
             check_question(question)
         return [output(s) for s in run_batch(questions, self.policy, self.retriever, self.config)]
-
-
-def check_question(question: Any) -> None:
-    """Reject an empty question before any model or store is loaded."""
-    if not isinstance(question, str) or not question.strip():
-        raise DGPOError("empty question: pass a non-empty question string")

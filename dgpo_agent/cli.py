@@ -70,7 +70,8 @@ def ask(
     max_new_tokens: int = typer.Option(256, help="Token budget of one turn."),
 ) -> None:
     """Answer a question, printing each think, search (with its documents) and the answer."""
-    from dgpo_agent.agent import CompactSearchAgent, check_question
+    from dgpo_agent.agent import CompactSearchAgent
+    from dgpo_agent.rollout import check_question
     from dgpo_agent.errors import DGPOError
 
     check_question(question)

@@ -39,10 +39,15 @@ class AgentConfig:
             raise DGPOError(f"top_k must be at least 1 (got {self.top_k})")
 
 
-def start(question: str, policy: Policy) -> AgentState:
-    """A fresh state for ``question``, with the policy's rendered prompt as the first segment."""
+def check_question(question: object) -> None:
+    """Reject an empty question (callers run this before loading any model or store)."""
     if not isinstance(question, str) or not question.strip():
         raise DGPOError("empty question: pass a non-empty question string")
+
+
+def start(question: str, policy: Policy) -> AgentState:
+    """A fresh state for ``question``, with the policy's rendered prompt as the first segment."""
+    check_question(question)
     return {
         "question": question.strip(),
         "segments": [policy.prompt(question.strip())],
