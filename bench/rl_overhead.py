@@ -1,0 +1,110 @@
+"""Cost of DGPO's teacher guidance and of agentic rollouts, as ratios measured in one run.
+
+1. Teacher overhead: the share of a DGPO step (rollout, scoring, PPO update) spent in the teacher's
+   forward pass over the rollouts. Target: at most 0.15.
+2. Rollout throughput: model tokens per second through the batched agent graph (multi-turn, stop
+   strings, retrieval) against a plain batched ``model.generate`` of the same number of tokens from the
+   same prompts. Target: at least 0.7.
+
+Models are the tiny zoo's student and teacher, freshly initialised (speed does not depend on training).
+
+    python bench/rl_overhead.py --world runs/tiny/world --tokenizer runs/prepare/tokenizer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", type=Path, default=Path("runs/tiny/world"), help="world directory with chroma/")
+    parser.add_argument("--tokenizer", default="runs/prepare/tokenizer", help="world tokenizer directory")
+    parser.add_argument("--batch", type=int, default=16, help="prompts per step")
+    parser.add_argument("--steps", type=int, default=3, help="measured steps (after one warm-up step)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per turn")
+    parser.add_argument("--max-turns", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/rl_overhead.json"))
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from dgpo_agent.backends.base import SamplingParams
+    from dgpo_agent.rollout import AgentConfig
+    from dgpo_agent.store import open_retriever
+    from dgpo_agent.training.rl import RLConfig, RLTrainer
+    from dgpo_agent.training.zoo import STUDENT, TEACHER, build_model, count_params
+    from dgpo_agent.world import load_questions
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    student, teacher = build_model(STUDENT, tokenizer, seed=0), build_model(TEACHER, tokenizer, seed=1)
+    records = load_questions(args.world / "train.jsonl")
+    agent = AgentConfig(max_turns=args.max_turns, top_k=3, sampling=SamplingParams(max_new_tokens=args.max_new_tokens))
+    config = RLConfig(
+        output_dir=tempfile.mkdtemp(), rollout_batch_size=args.batch, micro_batch_size=8, num_minibatches=2,
+        max_steps=args.steps + 1, learning_rate=1e-5, warmup_ratio=0.0, critic_warmup_ratio=0.0,
+    )
+    trainer = RLTrainer(student, tokenizer, records, open_retriever(str(args.world / "chroma")), agent, config, teacher=teacher)
+    trainer.train_step(1)  # warm-up: embedder, allocator, first-call overheads
+    steps = [trainer.train_step(step) for step in range(2, args.steps + 2)]
+
+    rollout_tokens = sum(m["response_length"] * args.batch for m in steps)
+    rollout_s = sum(m["rollout_s"] for m in steps)
+    plain_tokens, plain_s = plain_generate(trainer, records, args.batch, steps)
+    teacher_share = sum(m["teacher_s"] for m in steps) / sum(m["step_s"] for m in steps)
+    throughput_ratio = (rollout_tokens / rollout_s) / (plain_tokens / plain_s)
+    result = {
+        "student_params": count_params(student),
+        "teacher_params": count_params(teacher),
+        "prompts_per_step": args.batch,
+        "max_turns": args.max_turns,
+        "max_new_tokens_per_turn": args.max_new_tokens,
+        "steps": args.steps,
+        "step_s": round(sum(m["step_s"] for m in steps) / len(steps), 3),
+        "rollout_s": round(rollout_s / len(steps), 3),
+        "teacher_s": round(sum(m["teacher_s"] for m in steps) / len(steps), 3),
+        "teacher_share_of_step": round(teacher_share, 4),
+        "rollout_tokens_per_s": round(rollout_tokens / rollout_s, 1),
+        "plain_generate_tokens_per_s": round(plain_tokens / plain_s, 1),
+        "rollout_vs_plain_throughput": round(throughput_ratio, 3),
+        "targets": {"teacher_share_of_step": "<= 0.15", "rollout_vs_plain_throughput": ">= 0.7"},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def plain_generate(trainer, records: list[dict], batch: int, steps: list[dict]) -> tuple[int, float]:
+    """One ``model.generate`` per measured step over the same prompts, forced to emit each step's mean
+    response length per row (no stop strings, no early EOS): the same token count, no agent loop."""
+    import torch
+
+    from dgpo_agent.backends.base import Context
+    from dgpo_agent.backends.transformers import _left_pad
+
+    policy = trainer.rollout_policy
+    tokens, seconds = 0, 0.0
+    for i, metrics in enumerate(steps):
+        prompts = [policy.prompt(r["question"]) for r in trainer.step_records(i + 2)]
+        rows = policy.rows([Context(question="", segments=[p]) for p in prompts], 0, None)
+        input_ids, attention_mask = _left_pad(rows, policy.pad_id, policy.device)
+        length = max(1, round(metrics["response_length"]))
+        started = time.perf_counter()
+        with torch.no_grad():
+            policy.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
+                max_new_tokens=length, min_new_tokens=length, pad_token_id=policy.pad_id,
+            )
+        seconds += time.perf_counter() - started
+        tokens += length * batch
+    return tokens, seconds
+
+
+if __name__ == "__main__":
+    main()

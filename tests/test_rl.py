@@ -1,0 +1,215 @@
+"""The RL trainer on tiny models: masks from rollouts, logged metrics, baselines, checkpoints and an
+exact resume (in process, after kill -9, and under ``accelerate launch`` with two processes)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dgpo_agent.backends.base import SamplingParams
+from dgpo_agent.errors import DGPOError
+from dgpo_agent.rollout import AgentConfig, TokenTrajectory
+from dgpo_agent.training.rl import (
+    METRICS_FILE,
+    RLConfig,
+    RLTrainer,
+    check_cpu_launch,
+    checkpoints,
+    pack,
+    run_file,
+)
+from tests.fakes import KeywordRetriever
+from tests.models import tiny_qwen2, tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDS = [
+    {"id": "a", "question": "Who founded Kreaxse Labs", "golden_answers": ["Zentrath Doglassoun"]},
+    {"id": "b", "question": "Where was Zentrath Doglassoun born", "golden_answers": ["Vellor"]},
+    {"id": "c", "question": "What is Kreaxse Labs", "golden_answers": ["a lab"]},
+]
+AGENT = AgentConfig(max_turns=2, top_k=2, sampling=SamplingParams(max_new_tokens=12))
+LOGGED = (
+    "reward", "valid_action_rate", "search_count", "empty_query_rate", "kl_wrong", "penalised_frac",
+    "entropy", "response_length", "step_s", "teacher_s", "rollout_s",
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def rl_config(out: Path, **kwargs) -> RLConfig:
+    defaults = {
+        "output_dir": str(out), "rollout_batch_size": 2, "micro_batch_size": 2, "num_minibatches": 1, "max_steps": 2,
+        "save_every": 1, "learning_rate": 1e-3, "critic_learning_rate": 1e-3, "warmup_ratio": 0.0, "critic_warmup_ratio": 0.0,
+    }
+    return RLConfig(**{**defaults, **kwargs})
+
+
+def trainer(tok, config: RLConfig, teacher: bool = True) -> RLTrainer:
+    student = copy.deepcopy(tiny_qwen2(tok))
+    guide = tiny_qwen2(tok, seed=1, hidden=96) if teacher else None
+    return RLTrainer(student, tok, RECORDS, KeywordRetriever(), AGENT, config, teacher=guide)
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+
+
+def test_pack_keeps_retrieved_tokens_in_the_input_but_out_of_the_mask():
+    traj = TokenTrajectory(prompt_ids=[1, 2], response_ids=[3, 4, 5, 6, 7], env_mask=[0, 0, 1, 1, 0], logprobs=None)
+    short = TokenTrajectory(prompt_ids=[1], response_ids=[8], env_mask=[0], logprobs=None)
+    batch = pack([traj, short], pad_id=0)
+    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7], [1, 8, 0, 0, 0, 0, 0]]
+    assert batch.mask.tolist() == [[0, 0, 1, 1, 0, 0, 1], [0, 1, 0, 0, 0, 0, 0]]
+    assert batch.attention_mask.tolist() == [[1] * 7, [1, 1, 0, 0, 0, 0, 0]]
+
+
+def test_a_cpu_launch_that_would_run_one_process_is_refused():
+    with pytest.raises(DGPOError, match="--multi_gpu"):
+        check_cpu_launch({"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1"})
+    check_cpu_launch({"ACCELERATE_USE_CPU": "True"})
+    check_cpu_launch({"ACCELERATE_USE_CPU": "1", "MASTER_ADDR": "127.0.0.1", "WORLD_SIZE": "2"})
+
+
+def test_config_rejects_bad_settings():
+    with pytest.raises(DGPOError, match="group_size"):
+        RLConfig(algorithm="grpo", group_size=1)
+    with pytest.raises(DGPOError, match="kl_estimator"):
+        RLConfig(kl_estimator="k2")
+
+
+def test_dgpo_steps_log_every_metric_and_checkpoint(tok, tmp_path):
+    config = rl_config(tmp_path, kl_on="all", kl_estimator="full")
+    last = trainer(tok, config).train()
+    logged = rows(tmp_path)
+    assert [r["step"] for r in logged] == [1, 2] and logged[-1] == last
+    for key in LOGGED:
+        assert isinstance(last[key], float), key
+    assert last["penalised_frac"] == 1.0 and last["kl_wrong"] > 0 and last["vf_loss"] >= 0
+    # One checkpoint per step, pruned to the last two; the teacher is never part of one.
+    assert [p.name for p in checkpoints(tmp_path)] == ["step-0000001", "step-0000002"]
+    assert sorted(p.name for p in checkpoints(tmp_path)[-1].glob("model*.safetensors")) == ["model.safetensors", "model_1.safetensors"]
+
+
+def test_selective_kl_penalises_only_wrong_rollouts(tok, tmp_path):
+    # Gold answers the random model never gives: every rollout is wrong, so every one is penalised.
+    last = trainer(tok, rl_config(tmp_path, max_steps=1)).train()
+    assert last["wrong_frac"] == last["penalised_frac"] == 1.0
+
+
+def test_grpo_baseline_without_teacher(tok, tmp_path):
+    config = rl_config(tmp_path, algorithm="grpo", group_size=2, max_steps=1)
+    last = trainer(tok, config, teacher=False).train()
+    assert last["kl_wrong"] is None and last["penalised_frac"] == 0.0
+    assert "vf_loss" not in last
+    assert len(list(checkpoints(tmp_path)[-1].glob("model*.safetensors"))) == 1  # no critic
+
+
+def test_resume_is_exact_and_refuses_a_changed_config(tok, tmp_path):
+    straight = trainer(tok, rl_config(tmp_path / "a", max_steps=3))
+    straight.train()
+    first = trainer(tok, rl_config(tmp_path / "b", max_steps=2))
+    first.train()
+    resumed = trainer(tok, rl_config(tmp_path / "b", max_steps=3))
+    assert resumed.resume() == 2
+    resumed.train()
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    untimed = [[{k: v for k, v in r.items() if not k.endswith(("_s", "_per_s"))} for r in rows(tmp_path / d)] for d in "ab"]
+    assert untimed[0] == untimed[1]
+    with pytest.raises(DGPOError, match="beta"):
+        trainer(tok, rl_config(tmp_path / "b", max_steps=4, beta=0.5)).resume()
+
+
+# ----------------------------------------------------------------------------------- subprocesses
+
+
+def write_run(tmp_path: Path, world: Path, **rl) -> Path:
+    """Tiny student and teacher checkpoints and a run file over the small world's store (the
+    ``small_store`` fixture indexes it into WORLD/chroma)."""
+    tok = tiny_tokenizer()
+    for name, model in (("student", tiny_qwen2(tok)), ("teacher", tiny_qwen2(tok, seed=1, hidden=96))):
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    settings = dict(rl_config(tmp_path / "run", rollout_batch_size=3, micro_batch_size=3).__dict__, **rl)
+    run = {
+        "model": str(tmp_path / "student"),
+        "teacher": str(tmp_path / "teacher"),
+        "train_file": str(world / "train.jsonl"),
+        "store": str(world / "chroma"),
+        "agent": {"max_turns": 2, "top_k": 2, "max_new_tokens": 24},
+        "rl": settings,
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run))
+    return path
+
+
+def env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+
+
+def test_kill_9_during_rl_resumes_from_the_last_checkpoint(tmp_path, small_world, small_store):
+    run = write_run(tmp_path, small_world, max_steps=4, save_every=2)
+    command = [sys.executable, "-m", "dgpo_agent.training.rl", "--config", str(run)]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out = tmp_path / "run"
+    deadline = time.time() + 120
+    while not checkpoints(out) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert [p.name for p in checkpoints(out)] == ["step-0000002"]
+
+    done = subprocess.run(command, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [r["step"] for r in rows(out)] == [1, 2, 3, 4]
+
+    # The same run without the kill, in this process, ends with the same weights.
+    config = yaml.safe_load(run.read_text())
+    config["rl"]["output_dir"] = str(tmp_path / "straight")
+    straight = tmp_path / "straight.yaml"
+    straight.write_text(yaml.safe_dump(config))
+    run_file(straight)
+    from safetensors.torch import load_file
+
+    resumed, reference = load_file(out / "final" / "model.safetensors"), load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in resumed)
+
+
+def test_accelerate_launch_two_cpu_processes(tmp_path, small_world, small_store):
+    run = write_run(tmp_path, small_world, max_steps=2, save_every=1)
+    # accelerate's --cpu flag starts several processes only through mpirun (see check_cpu_launch), so
+    # CPU processes come from torch's launcher, with ACCELERATE_USE_CPU selecting gloo.
+    launcher = Path(sys.executable).with_name("accelerate")
+    command = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "-m", "dgpo_agent.training.rl", "--config", str(run)]
+    done = subprocess.run(command, cwd=ROOT, env={**env(), "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = rows(tmp_path / "run")
+    assert [r["step"] for r in logged] == [1, 2]
+    # Two processes × 3 prompts per step: the data position counts the global batch.
+    assert [r["data_position"] for r in logged] == [6, 12]
+    state = checkpoints(tmp_path / "run")[-1]
+    assert sorted(p.name for p in state.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
