@@ -1,7 +1,8 @@
 """Per-trajectory scores and their aggregation per ``data_source``.
 
 Answers are scored from the answer step the model produced, never from the prompt or the retrieved
-text (see ``protocol``). Aggregates are plain means, rounded so that reports are byte-stable.
+text (see ``protocol``); the metrics themselves are defined in ``metrics``. Aggregates are plain
+means, rounded so that reports are byte-stable.
 """
 
 from __future__ import annotations
@@ -9,31 +10,20 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterable, Mapping
 
-from dgpo_agent.protocol import exact_match, f1_score, substring_hit
+from dgpo_agent.evals.metrics import METRICS
 
 
 def score(output: Mapping, record: Mapping) -> dict[str, float]:
-    """Scores of one agent output against its question record (``golden_answers``, ``evidence``)."""
-    golds = record["golden_answers"]
-    answer = output.get("answer")
-    searches = [s for s in output["steps"] if s["kind"] == "search"]
-    retrieved = {d["id"] for s in searches for d in s["docs"]}
-    docs_text = " ".join(d["text"] for s in searches for d in s["docs"])
-    evidence = record.get("evidence") or []
-    scores = {
-        "em": exact_match(answer, golds),
-        "f1": f1_score(answer, golds),
-        "answered": float(answer is not None),
-        "searches": float(len(searches)),
-        "hit": substring_hit(docs_text, golds),
-    }
-    if evidence:
-        scores["evidence_recall"] = sum(e in retrieved for e in evidence) / len(evidence)
-    return scores
+    """Every metric defined for one agent output against its question record (``golden_answers``,
+    ``evidence``); a metric undefined for this trajectory is left out, not scored 0."""
+    values = {key: metric.fn(output, record) for key, metric in METRICS.items()}
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def aggregate(rows: Iterable[tuple[str, Mapping[str, float]]]) -> dict[str, dict[str, float]]:
-    """Mean of each score per data source and overall (key ``all``), with the question count ``n``."""
+    """Mean of each score per data source and overall (key ``all``), with the question count ``n``.
+
+    A score is averaged over the trajectories that define it."""
     groups: dict[str, list[Mapping[str, float]]] = defaultdict(list)
     for source, scores in rows:
         groups[source].append(scores)

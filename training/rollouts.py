@@ -1,10 +1,11 @@
 """Scored rollouts written to JSONL, in resumable chunks: the oracle's demonstrations, the teacher's
-outputs (TGO) and, later, evaluation runs all go through here."""
+outputs (TGO) and the evaluation harness's trajectories all go through here."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from dgpo_agent.agent import output
 from dgpo_agent.evals.scoring import score
@@ -22,6 +23,19 @@ def rollout_records(
     A re-run skips ids already written, so an interrupted run resumes. With ``tokens`` each row also
     keeps the sampled token ids, the environment mask and the log-probs (for training).
     """
+
+    def run(chunk: list[dict]) -> list[dict]:
+        states = run_batch([r["question"] for r in chunk], policy, retriever, config)
+        return [scored_row(record, state, tokens) for record, state in zip(chunk, states, strict=True)]
+
+    return append_rows(records, path, label, run)
+
+
+def append_rows(
+    records: list[dict], path: Path, label: str, run: Callable[[list[dict]], list[dict]], chunk: int = CHUNK
+) -> list[dict]:
+    """Append ``run(chunk)``'s rows (one per record, with its ``id``) to ``path``, ``chunk`` records at
+    a time, skipping ids already written; returns every row for ``records``, in their order."""
     from rich.progress import Progress
 
     done = read_rows(path)
@@ -30,15 +44,13 @@ def rollout_records(
     path.parent.mkdir(parents=True, exist_ok=True)
     with Progress(transient=True) as progress, path.open("a") as sink:
         task = progress.add_task(label, total=len(records), completed=len(records) - len(todo))
-        for start in range(0, len(todo), CHUNK):
-            chunk = todo[start : start + CHUNK]
-            states = run_batch([r["question"] for r in chunk], policy, retriever, config)
-            for record, state in zip(chunk, states, strict=True):
-                row = scored_row(record, state, tokens)
+        for start in range(0, len(todo), chunk):
+            rows = run(todo[start : start + chunk])
+            for row in rows:
                 sink.write(json.dumps(row) + "\n")
-                done.append(row)
+            done += rows
             sink.flush()
-            progress.advance(task, len(chunk))
+            progress.advance(task, len(rows))
     order = {r["id"]: i for i, r in enumerate(records)}
     return sorted((row for row in done if row["id"] in order), key=lambda row: order[row["id"]])
 

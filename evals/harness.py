@@ -1,0 +1,135 @@
+"""The ARC evaluation harness: run a model over a dataset, keep every trajectory, compute the metrics.
+
+Per chunk of ``batch_size`` questions the agent runs through the batched runner (the graph's own step
+logic: one generation and one retrieval call per turn) and the evidence probes run in one more
+generation call. Rows go to one JSONL file per model, so an interrupted evaluation resumes where it
+stopped. Metrics are recomputed from the stored trajectories and rounded, so the same trajectories
+always give byte-identical metrics; decoding is greedy unless a temperature is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from dgpo_agent.errors import DGPOError
+from dgpo_agent.evals.probes import run_probes
+from dgpo_agent.evals.scoring import aggregate, score
+from dgpo_agent.rollout import AgentConfig, run_batch
+from dgpo_agent.training.rollouts import CHUNK, append_rows, scored_row
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How models are evaluated: the agent's settings (greedy by default) and questions per batch."""
+
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    batch_size: int = CHUNK
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise DGPOError(f"batch_size must be at least 1 (got {self.batch_size})")
+
+    def describe(self) -> dict[str, Any]:
+        """The settings that change results (batch size does not, for a batch-invariant greedy backend)."""
+        return {"max_turns": self.agent.max_turns, "top_k": self.agent.top_k, **asdict(self.agent.sampling)}
+
+
+def evaluate(
+    records: Sequence[dict], policy, retriever, config: EvalConfig, path: Path, label: str = "eval"
+) -> list[dict]:
+    """Trajectory rows for ``records``: the question record, the agent's ``answer``, ``steps`` and
+    ``segments``, its ``probes`` (None without gold evidence) and ``scores``; appended to ``path``."""
+
+    def run(chunk: list[dict]) -> list[dict]:
+        states = run_batch([r["question"] for r in chunk], policy, retriever, config.agent)
+        probes = run_probes(chunk, policy, retriever, config.agent.sampling)
+        rows = [{**scored_row(r, s), "probes": p} for r, s, p in zip(chunk, states, probes, strict=True)]
+        return [{**row, "scores": score(row, row)} for row in rows]
+
+    return append_rows(list(records), path, label, run, chunk=config.batch_size)
+
+
+def metrics(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """Every metric per ``data_source`` and overall (``all``), recomputed from the trajectories."""
+    return aggregate((row["data_source"], score(row, row)) for row in rows)
+
+
+def model_spec(arg: str) -> tuple[str, str]:
+    """``NAME=MODEL`` or just ``MODEL`` (named ``oracle``, or after the last part of its path or hub name)."""
+    name, sep, spec = arg.partition("=")
+    if not (sep and _NAME_RE.fullmatch(name)):
+        spec = arg
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(arg.rstrip("/")).name or arg).strip("-.")
+    if not spec or not name:
+        raise DGPOError(f"cannot name the model {arg!r}: pass NAME=MODEL, e.g. student=runs/tiny/student")
+    return name, spec
+
+
+def model_specs(args: Sequence[str]) -> list[tuple[str, str]]:
+    """The ``(name, model)`` pairs of ``--model`` arguments, refusing two models of the same name."""
+    models = [model_spec(arg) for arg in args]
+    _check_names(models)
+    return models
+
+
+def _check_names(models: Sequence[tuple[str, Any]]) -> None:
+    names = [name for name, _ in models]
+    if len(set(names)) != len(names):
+        raise DGPOError(f"two models are named {max(names, key=names.count)!r}: name them NAME=MODEL")
+
+
+def evaluate_models(
+    models: Sequence[tuple[str, Any]],
+    records: Sequence[dict],
+    retriever,
+    config: EvalConfig,
+    out: Path,
+    data: Path,
+    **policy_kwargs: Any,
+) -> dict:
+    """Evaluate each ``(name, model spec)`` in turn on ``records`` from the file ``data``.
+
+    Trajectories go to ``out/trajectories/<name>.jsonl`` beside the settings they were made with; a
+    re-run resumes them, and refuses to mix in rows made with other settings or data.
+    """
+    from dgpo_agent.agent import resolve_policy
+
+    _check_names(models)
+    digest = hashlib.sha256(Path(data).read_bytes()).hexdigest()
+    sources = sorted({r["data_source"] for r in records})
+    results = {
+        "data": {
+            "file": str(data),
+            "sha256": digest,
+            "questions": len(records),
+            "sources": {s: sum(r["data_source"] == s for r in records) for s in sources},
+        },
+        "settings": config.describe(),
+        "models": [],
+    }
+    for name, spec in models:
+        path = out / "trajectories" / f"{name}.jsonl"
+        _claim(path.with_suffix(".settings.json"), {"model": str(spec), "data_sha256": digest, **config.describe()})
+        policy = resolve_policy(spec, **policy_kwargs)
+        rows = evaluate(records, policy, retriever, config, path, label=name)
+        results["models"].append({"name": name, "model": str(spec), "metrics": metrics(rows)})
+    return results
+
+
+def _claim(path: Path, settings: dict) -> None:
+    """Record the settings a trajectory file is made with; refuse to resume one made with others."""
+    settings = json.loads(json.dumps(settings))  # tuples as JSON lists, to compare with what was written
+    if path.is_file() and json.loads(path.read_text()) != settings:
+        raise DGPOError(
+            f"{path.parent.parent} holds trajectories made with other settings or data ({path.name}): "
+            "pass a new --out, or delete that directory"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
