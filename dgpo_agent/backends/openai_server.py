@@ -6,6 +6,7 @@ while chat completions would open a new message on every call.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from dgpo_agent.backends.base import Completion, Context, SamplingParams
@@ -21,8 +22,9 @@ _STANDARD_FIELDS = ("temperature", "top_p", "max_tokens", "stop", "seed")
 class OpenAICompletionsPolicy:
     """A text-only policy: ``encode`` returns None and completions carry no token ids.
 
-    ``tokenizer`` (a path or name) only renders the chat template locally; without it the prompt is the
-    plain instructions. ``model=None`` uses the first model the server lists.
+    ``tokenizer`` (a path or name) only renders the chat template locally; it defaults to the served
+    model when that is a local checkpoint directory, and without one the prompt is the plain
+    instructions. ``model=None`` uses the first model the server lists.
     """
 
     def __init__(
@@ -37,8 +39,12 @@ class OpenAICompletionsPolicy:
 
         self.base_url = _api_root(base_url)
         self.client = OpenAI(base_url=self.base_url, api_key=api_key, timeout=timeout)
-        self.tokenizer = _load_tokenizer(tokenizer) if tokenizer else None
         self.model = model or self._first_model()
+        # A server on this machine names its model by path (`vllm serve DIR`, `dgpo-agent serve DIR`):
+        # that checkpoint's tokenizer renders the chat template the model was trained with.
+        if tokenizer is None and (Path(self.model) / "tokenizer_config.json").is_file():
+            tokenizer = self.model
+        self.tokenizer = _load_tokenizer(tokenizer) if tokenizer else None
 
     def prompt(self, question: str) -> Segment:
         return {"role": "prompt", "text": render_prompt(question, self.tokenizer), "ids": None}
