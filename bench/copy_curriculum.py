@@ -1,9 +1,11 @@
 """Does the copy curriculum make tiny models search for unseen names, or do optimiser steps alone?
 
-For each arm (base pretraining with the copy curriculum, or the control without it) and seed: train
-the world tokenizer, pretrain a student-size base model on the world's passages, fine-tune it on the
-oracle's demonstrations (SFT, loss on model tokens only), then measure greedy test EM through the
-batched graph on the entity-disjoint test split, and the copy probe on fresh names.
+For each arm (the copy curriculum in base pretraining and in the SFT's pretraining stream, or the
+control without it, at the same step counts) and seed: train the world tokenizer, pretrain a
+student-size base model on the world's passages, fine-tune it on the oracle's demonstrations (loss on
+model tokens only, 20% of examples from the pretraining stream, as the teacher stage does), then
+measure greedy test EM through the batched graph on the entity-disjoint test split, and the copy
+probe on fresh names.
 
     dgpo-agent train --stop-after oracle          # the world, its store and the demonstrations
     OMP_NUM_THREADS=1 python bench/copy_curriculum.py --run runs/tiny --seeds 0 1 --arms copy control
@@ -55,7 +57,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
         model, tokenizer, corpus,
         PretrainConfig(steps=args.pretrain_steps, copy_fraction=ARMS[arm], seed=seed, save_dir=str(work / "base")),
     )
-    sft = supervised(model, tokenizer, args.run / "oracle" / "train.jsonl", args.sft_steps, seed, work / "sft")
+    sft = supervised(model, tokenizer, corpus, args.run / "oracle" / "train.jsonl", args.sft_steps, ARMS[arm], seed, work / "sft")
     fresh = NameGenerator(10_000 + seed, reserved={r["title"] for r in corpus})
     return {
         "arm": arm,
@@ -70,42 +72,43 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
 
 
 def world_tokenizer(world: Path, corpus: list[dict]):
+    from dgpo_agent.training.config import TokenizerSettings
     from dgpo_agent.training.tokenizer import train_tokenizer, world_texts
     from dgpo_agent.world import load_questions
 
     questions = [r["question"] for r in load_questions(world / "train.jsonl")]
-    return train_tokenizer(world_texts(corpus, questions), vocab_size=4096)
+    return train_tokenizer(world_texts(corpus, questions), vocab_size=TokenizerSettings().vocab_size)
 
 
-def supervised(model, tokenizer, demonstrations: Path, steps: int, seed: int, out: Path) -> dict:
-    """SFT on the oracle's demonstrations: loss on the model's own tokens only."""
+def supervised(model, tokenizer, corpus, demonstrations: Path, steps: int, copy_fraction: float, seed: int, out: Path) -> dict:
+    """SFT on the oracle's demonstrations (loss on the model's own tokens) mixed with the arm's
+    pretraining stream, as the pipeline's teacher stage trains."""
+    from dgpo_agent.training.config import TeacherSettings
     from dgpo_agent.training.data import load_examples
     from dgpo_agent.training.distill import DistillConfig, train_sft
+    from dgpo_agent.training.pretrain import PretrainConfig
+    from dgpo_agent.training.stages import with_lm_stream
 
     config = DistillConfig(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=8, learning_rate=1e-3,
         lr_scheduler_type="cosine", warmup_steps=20, seed=seed, use_cpu=True, report_to="none",
         save_strategy="no", logging_steps=50, disable_tqdm=True,
     )
-    return train_sft(model, tokenizer, load_examples(demonstrations, tokenizer, correct_only=True), config)
+    demos = load_examples(demonstrations, tokenizer, correct_only=True)
+    stream = PretrainConfig(copy_fraction=copy_fraction, seed=seed + 1)
+    return train_sft(model, tokenizer, with_lm_stream(demos, tokenizer, corpus, TeacherSettings().lm_fraction, stream), config)
 
 
 def evaluate(model, tokenizer, world: Path, n: int, out: Path) -> dict:
     """Greedy test EM per data source through the batched graph; trajectories kept in ``out``."""
-    from dgpo_agent.backends.base import SamplingParams
     from dgpo_agent.backends.transformers import TransformersPolicy
-    from dgpo_agent.evals.scoring import aggregate
-    from dgpo_agent.rollout import AgentConfig
     from dgpo_agent.store import ChromaStore
-    from dgpo_agent.training.rollouts import rollout_records
+    from dgpo_agent.training.evaluate import evaluate_policy, greedy_config
     from dgpo_agent.world import load_questions
 
     records = load_questions(world / "test.jsonl")[:n]
     policy, store = TransformersPolicy(model.eval(), tokenizer), ChromaStore(world / "chroma", must_exist=True)
-    config = AgentConfig(sampling=SamplingParams(max_new_tokens=96))
-    rows = rollout_records(records, policy, store, config, out, label="test")
-    metrics = aggregate((r["data_source"], r["scores"]) for r in rows)
-    return {source: {k: m[k] for k in ("n", "em", "evidence_recall", "answered")} for source, m in metrics.items()}
+    return evaluate_policy(policy, records, store, greedy_config(4, 3, 96), out, label="test")
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def ask(
 
 @app.command()
 def train(
-    preset: str = typer.Option("tiny", help="Settings preset: tiny (default, CPU) or smoke (a few minutes)."),
+    preset: str = typer.Option("tiny", help="Settings preset: tiny (default, CPU), smoke (a few minutes) or qwen (GPU)."),
     config: Optional[Path] = typer.Option(None, help="YAML file overriding preset settings."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<preset>)."),
     stop_after: Optional[str] = typer.Option(None, help="Last stage to run."),
@@ -100,7 +100,110 @@ def train(
     from dgpo_agent.training.pipeline import run_pipeline
 
     cfg = load_config(preset, config, out)
+    _quiet_transformers()
     run_pipeline(cfg, stop_after=stop_after)
+
+
+@app.command()
+def prepare(
+    out: Path = typer.Option(Path("runs/prepare"), help="Run directory for the preparation (resumable)."),
+    ship_to: Optional[Path] = typer.Option(None, help="Where to write the starting point (default: inside the package)."),
+) -> None:
+    """Train the shipped starting point from scratch (tokenizer, base models, teacher) and export it.
+
+    Resumable: re-run the same command after an interruption. Takes about an hour or more on 2 cores.
+    """
+    from dgpo_agent.training.config import load_config
+    from dgpo_agent.training.pipeline import run_pipeline
+    from dgpo_agent.training.starting_point import ASSETS, export
+
+    cfg = load_config("tiny", out=out)
+    cfg.starting_point = "scratch"
+    _quiet_transformers()
+    summaries = run_pipeline(cfg, stop_after="teacher")
+    record = export(cfg, out, summaries, command=f"dgpo-agent prepare --out {out}", dest=ship_to or ASSETS)
+    _print_summary("shipped starting point", {"teacher test EM": record["scores"]["teacher"]["all"]["em"]})
+
+
+@app.command("eval")
+def eval_(
+    model: list[str] = typer.Option(..., help="Model to evaluate, repeatable: 'oracle', a checkpoint, hub name or URL; NAME=MODEL names it."),
+    data: Path = typer.Option(..., help="Search-R1-format .parquet or .jsonl questions (e.g. a world's test.jsonl)."),
+    store: Optional[str] = typer.Option(None, help="Chroma directory or URL (default: chroma/ beside the data file)."),
+    out: Path = typer.Option(Path("eval-report"), help="Report directory; its trajectories make a re-run resume."),
+    max_turns: int = typer.Option(4, help="Rounds in which a search is executed."),
+    top_k: int = typer.Option(3, help="Documents per search."),
+    temperature: float = typer.Option(0.0, help="0 decodes greedily (deterministic)."),
+    seed: Optional[int] = typer.Option(None, help="Sampling seed when temperature > 0."),
+    max_new_tokens: int = typer.Option(256, help="Token budget of one turn."),
+    batch_size: int = typer.Option(256, help="Questions per batched run."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate only the first N questions."),
+    backend: Optional[str] = typer.Option(None, help="Engine for checkpoints: transformers (default) or vllm."),
+    device: Optional[str] = typer.Option(None, help="Device for transformers checkpoints, e.g. cpu or cuda."),
+) -> None:
+    """Evaluate models on EM and ARC (query rewriting, source referencing, thinking); write JSON, Markdown and charts."""
+    from dgpo_agent.backends.base import SamplingParams
+    from dgpo_agent.evals.data import load_dataset
+    from dgpo_agent.evals.harness import EvalConfig, evaluate_models, model_specs
+    from dgpo_agent.evals.report import write_report
+    from dgpo_agent.rollout import AgentConfig
+    from dgpo_agent.store import open_retriever
+
+    models = model_specs(model)
+    records = load_dataset(data, limit)
+    sampling = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    config = EvalConfig(AgentConfig(max_turns=max_turns, top_k=top_k, sampling=sampling), batch_size=batch_size)
+    retriever = open_retriever(store or str(data.parent / "chroma"))
+    options = {k: v for k, v in (("backend", backend), ("device", device)) if v}
+    results = evaluate_models(models, records, retriever, config, out, data, **options)
+    write_report(results, out)
+    for m in results["models"]:
+        overall = m["metrics"]["all"]
+        typer.echo(f"{m['name']}: EM {overall['em']:.3f}, hit ratio {overall['hit']:.3f}, n {overall['n']}")
+    typer.echo(f"report written to {out / 'report.md'}")
+
+
+@app.command()
+def chat(
+    model: Optional[str] = typer.Option(None, help="Checkpoint, Hugging Face name, server URL or 'oracle' (default: the latest trained checkpoint)."),
+    store: Optional[str] = typer.Option(None, help="Chroma directory or URL (default: the checkpoint's store, else the latest run's world store)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind; 0.0.0.0 opens the demo to your network."),
+    port: int = typer.Option(7860, help="Port of the web page."),
+    share: bool = typer.Option(False, help="Also open a public gradio.live link."),
+    max_turns: int = typer.Option(4, help="Initial rounds in which a search is executed (adjustable in the page)."),
+    top_k: int = typer.Option(3, help="Initial documents per search (adjustable in the page)."),
+    temperature: float = typer.Option(0.0, help="Initial temperature, 0 decodes greedily (adjustable in the page)."),
+) -> None:
+    """Open the Gradio chat demo: thoughts, searches and documents stream as steps, the answer is the reply."""
+    from dgpo_agent.agent import CompactSearchAgent
+    from dgpo_agent.serving.chat import launch
+    from dgpo_agent.serving.defaults import resolve, world_examples
+
+    model, store = resolve(model, store)
+    agent = CompactSearchAgent(model, store, max_turns=max_turns, top_k=top_k, temperature=temperature)
+    launch(agent, world_examples(store), host=host, port=port, share=share)
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def serve(
+    ctx: typer.Context,
+    model: Optional[str] = typer.Argument(None, help="Checkpoint directory or Hugging Face name (default: the latest trained checkpoint)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
+    port: int = typer.Option(8000, help="Port of the OpenAI-compatible API."),
+    backend: str = typer.Option("auto", help="auto (vLLM on a CUDA GPU when installed, else transformers), vllm or transformers."),
+) -> None:
+    """Serve a checkpoint as an OpenAI-compatible completions API; arguments after -- go to `vllm serve`."""
+    from dgpo_agent.serving.completions_server import serve as run_server
+    from dgpo_agent.serving.defaults import default_model
+
+    run_server(model or default_model(), host, port, backend, ctx.args)
+
+
+def _quiet_transformers() -> None:
+    """A pipeline run owns its process: its rich progress replaces transformers' per-load bars."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def _print_summary(title: str, summary: dict) -> None:

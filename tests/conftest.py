@@ -57,3 +57,23 @@ def smollm2_dir():
         plain.save_pretrained(cache)
         tokenizer.save_pretrained(cache)
     return cache
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning
+    made their training steps 30x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The tiny protocol tokenizer of ``tests.models``."""
+    from tests.models import tiny_tokenizer
+
+    return tiny_tokenizer()

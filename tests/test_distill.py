@@ -66,19 +66,7 @@ def config(tmp_path, **kwargs) -> DistillConfig:
     return DistillConfig(**{**defaults, **kwargs})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning
-    made these training steps 30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -307,3 +295,31 @@ def test_train_kd_returns_metrics(tok, tmp_path) -> None:
     student = copy.deepcopy(tiny_qwen2(tok, seed=1))
     metrics = train_kd(student, tiny_qwen2(tok, seed=0), tok, dataset(tok), config(tmp_path, max_steps=2))
     assert metrics["train_loss"] > 0 and metrics["train_steps_per_second"] > 0
+
+
+def test_cold_start_loss_gradient_is_exactly_zero_where_retrieved_text_is_the_target(tok, tmp_path) -> None:
+    """The must-show: through the real example builder, collator and trainer loss, the logits that
+    predict retrieved ``<information>`` tokens (or the prompt) get exactly zero gradient; every logit
+    that predicts a model token gets some."""
+    example = encode_segments(segments(), tok, question=QUESTION)
+    batch = CompletionCollator.for_tokenizer(tok)([example])
+    student, teacher = copy.deepcopy(tiny_qwen2(tok, seed=0)), tiny_qwen2(tok, seed=1)
+    trainer = DistillTrainer(model=student, args=config(tmp_path, kd_lambda=1.0, ce_weight=1.0), processing_class=tok, teacher_model=teacher)
+
+    captured = {}
+
+    def keep_grad(module, args, logits) -> None:
+        logits.register_hook(lambda grad: captured.setdefault("grad", grad))
+
+    hook = student.lm_head.register_forward_hook(keep_grad)
+    trainer.compute_loss(student, batch).backward()
+    hook.remove()
+
+    grad = captured["grad"][0]
+    mask = example["completion_mask"]
+    targets_env = [t for t in range(len(mask) - 1) if not mask[t + 1]]
+    targets_model = [t for t in range(len(mask) - 1) if mask[t + 1]]
+    info = tok.convert_tokens_to_ids("<information>")
+    assert any(example["input_ids"][t + 1] == info for t in targets_env)  # the observation is among them
+    assert torch.all(grad[targets_env] == 0)
+    assert torch.all(grad[targets_model].abs().sum(-1) > 0)

@@ -9,30 +9,147 @@ from dgpo_agent.training.config import load_config
 from dgpo_agent.training.pipeline import run_pipeline
 
 
-def test_smoke_pipeline_runs_caches_and_reports(tmp_path):
-    cfg = load_config("smoke", out=tmp_path / "run")
-    summaries = run_pipeline(cfg)
-    assert list(summaries) == ["world", "index", "oracle"]
+# The from-scratch path at toy scale: the small world, a small tokenizer, a few steps per model.
+SCRATCH = """
+starting_point: scratch
+world: {size: small}
+tokenizer: {vocab_size: 1024}
+base: {student_steps: 40, teacher_steps: 40, seq_len: 128}
+teacher: {steps: 40}
+eval: {questions: 40, max_new_tokens: 48}
+"""
+
+
+def scratch_config(tmp_path):
+    path = tmp_path / "scratch.yaml"
+    path.write_text(SCRATCH)
+    return load_config("smoke", path, out=tmp_path / "run")
+
+
+def test_scratch_pipeline_runs_caches_and_reports(tmp_path):
+    """Every stage up to the teacher, trained from scratch on the small world; the later stages are
+    covered below with a teacher that can answer (this one's 40 steps cannot)."""
+    cfg = scratch_config(tmp_path)
+    summaries = run_pipeline(cfg, stop_after="teacher")
+    assert list(summaries) == ["world", "index", "oracle", "tokenizer", "base", "teacher"]
     assert summaries["index"]["passages"] == sum(1 for _ in (tmp_path / "run/world/corpus.jsonl").open())
     assert summaries["oracle"]["test"]["em"] >= 0.9 and summaries["oracle"]["test"]["evidence_recall"] >= 0.95
+    assert summaries["tokenizer"] == {"source": "trained", "vocab": 1024}
+    base = summaries["base"]
+    assert base["student"]["steps"] == base["teacher"]["steps"] == 40
+    assert base["teacher"]["params"] > 2 * base["student"]["params"]
+    assert base["student_test"]["all"]["n"] == 40 and base["student_test"]["all"]["em"] <= 0.05
+    assert summaries["teacher"]["train"]["steps"] == 40 and summaries["teacher"]["test"]["all"]["n"] == 40
+    assert json.loads((tmp_path / "run/teacher/dgpo_agent.json").read_text())["store"].endswith("world/chroma")
     report = (tmp_path / "run/report.md").read_text()
-    assert "| world_3hop |" in report and "## oracle" in report
-    rows = [json.loads(line) for line in (tmp_path / "run/oracle/test.jsonl").open()]
-    assert len(rows) == summaries["oracle"]["test"]["n"] and all("segments" in r for r in rows)
+    assert "| world_3hop |" in report and "## oracle" in report and "| base student |" in report and "| teacher |" in report
+    assert (tmp_path / "run/curves.png").stat().st_size > 10_000
+    logged = [e["step"] for e in map(json.loads, (tmp_path / "run/teacher/metrics.jsonl").open()) if "loss" in e]
+    assert logged == [1, 10, 20, 30, 40]
 
-    # A second run reuses every stage; changing an agent setting re-runs only the oracle stage.
+    # A second run reuses every stage; changing an agent setting re-runs the stages that read it.
     markers = {p.name: p.read_text() for p in (tmp_path / "run/.stages").iterdir()}
-    assert run_pipeline(cfg) == summaries
+    assert run_pipeline(cfg, stop_after="teacher") == summaries
+    assert {p.name: p.read_text() for p in (tmp_path / "run/.stages").iterdir()} == markers
+    cfg.tgo.samples_per_question = 3  # read only by later stages
+    run_pipeline(cfg, stop_after="teacher")
     assert {p.name: p.read_text() for p in (tmp_path / "run/.stages").iterdir()} == markers
     cfg.agent.top_k = 2
-    run_pipeline(cfg)
+    run_pipeline(cfg, stop_after="oracle")
     after = {p.name: p.read_text() for p in (tmp_path / "run/.stages").iterdir()}
     assert after["world.json"] == markers["world.json"] and after["index.json"] == markers["index.json"]
     assert after["oracle.json"] != markers["oracle.json"]
 
 
-def test_stop_after_and_config_errors(tmp_path):
+def test_tgo_and_cold_start_stages_distil_a_teacher_that_answers(small_world, small_store, tmp_path):
+    """TGO keeps the teacher's correct rollouts with token ids; the cold start trains KD and SeqKD on
+    them, records the dev EM curve, evaluates on test, and the report tabulates every model."""
+    from dgpo_agent.rollout import AgentConfig
+    from dgpo_agent.training import stages
+    from dgpo_agent.training.data import load_examples
+    from dgpo_agent.training.distill import train_sft
+    from dgpo_agent.training.report import write_report
+    from dgpo_agent.training.rollouts import rollout_records
+    from dgpo_agent.training.tokenizer import train_tokenizer, world_texts
+    from dgpo_agent.training.zoo import ModelSpec, build_model
+    from dgpo_agent.world import OraclePolicy, load_questions
+    from tests.test_distill import config as trainer_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "world").symlink_to(small_world)
+    corpus = [json.loads(line) for line in (small_world / "corpus.jsonl").open()]
+    records = load_questions(small_world / "train.jsonl")[:6]
+    tokenizer = train_tokenizer(world_texts(corpus, [r["question"] for r in records]), 1024, run / "tokenizer")
+    # A teacher that has memorised six oracle demonstrations answers those six questions.
+    demos = tmp_path / "demos.jsonl"
+    rollout_records(records, OraclePolicy(), small_store, AgentConfig(), demos, label="oracle")
+    teacher = build_model(ModelSpec(hidden=96, layers=2, heads=4, kv_heads=4, intermediate=384), tokenizer, seed=0)
+    train_sft(teacher, tokenizer, load_examples(demos, tokenizer), trainer_config(tmp_path / "t", max_steps=80, per_device_train_batch_size=6))
+    teacher.save_pretrained(run / "teacher")
+    tokenizer.save_pretrained(run / "teacher")
+    student = build_model(ModelSpec(hidden=64, layers=2, heads=4, kv_heads=4, intermediate=256), tokenizer, seed=1)
+    student.save_pretrained(run / "base" / "student")
+
+    cfg = scratch_config(tmp_path)
+    cfg.out = str(run)
+    cfg.tgo.questions, cfg.tgo.samples_per_question, cfg.tgo.temperature = 6, 2, 0.3
+    cfg.cold_start.steps, cfg.cold_start.eval_every, cfg.cold_start.eval_questions = 6, 3, 4
+    cfg.eval.questions = 8
+    tgo = stages.tgo_stage(cfg, run)
+    assert tgo["all"]["samples"] == 12 and tgo["all"]["correct"] >= 3
+    rows = [json.loads(line) for line in (run / "tgo/train.jsonl").open()]
+    assert all(len(r["env_mask"]) == len(r["response_ids"]) and 1 in r["env_mask"] for r in rows)
+
+    cold = stages.cold_start_stage(cfg, run)
+    assert list(cold) == ["kd", "seqkd"]
+    for method, result in cold.items():
+        assert [point["step"] for point in result["curve"]] == [0, 3, 6]
+        assert result["test"]["all"]["n"] == 8 and result["train"]["steps"] == 6
+        assert (run / "cold_start" / method / "dgpo_agent.json").is_file()
+    kd_log = [json.loads(line) for line in (run / "cold_start/kd/metrics.jsonl").open()]
+    assert all(entry["kd"] > 0 for entry in kd_log if "kd" in entry)
+    # The main method is written last, so it is the newest checkpoint (what `dgpo-agent chat` picks).
+    newest = max(run.glob("cold_start/*/dgpo_agent.json"), key=lambda p: p.stat().st_mtime_ns)
+    assert newest.parent.name == "kd"
+
+    write_report(run, {"tgo": tgo, "cold-start": cold})
+    report = (run / "report.md").read_text()
+    assert "| cold start (kd) |" in report and "| cold start (seqkd) |" in report and "yield" in report
+
+
+def test_smoke_preset_runs_the_default_path_end_to_end(tmp_path):
+    """What `dgpo-agent train` does, at a few questions and steps: the default world, the shipped
+    starting point installed and scored, TGO, and the cold start (KD, and SeqKD beside it)."""
     cfg = load_config("smoke", out=tmp_path / "run")
+    summaries = run_pipeline(cfg)
+    assert list(summaries) == ["world", "index", "oracle", "tokenizer", "base", "teacher", "tgo", "cold-start"]
+    assert summaries["tokenizer"]["source"] == summaries["base"]["source"] == summaries["teacher"]["source"] == "shipped"
+    assert summaries["base"]["student_test"]["all"]["n"] == summaries["teacher"]["test"]["all"]["n"] == 60
+    assert summaries["base"]["student_test"]["all"]["em"] <= 0.05
+    assert summaries["teacher"]["test"]["all"]["em"] > summaries["base"]["student_test"]["all"]["em"]
+    assert summaries["tgo"]["all"]["samples"] == 64 and summaries["tgo"]["all"]["correct"] > 0
+    for method in ("kd", "seqkd"):
+        result = summaries["cold-start"][method]
+        assert [p["step"] for p in result["curve"]] == [0, 10, 20] and result["test"]["all"]["n"] == 60
+    report = (tmp_path / "run/report.md").read_text()
+    assert "| teacher |" in report and "| cold start (kd) |" in report and "![training curves](curves.png)" in report
+
+
+def test_qwen_preset_loads_and_validates(tmp_path, monkeypatch):
+    """The GPU preset is config only here: it loads, names the paper's models, and refuses to start
+    without its data with a one-line fix."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("qwen")
+    assert cfg.cold_start.student == "Qwen/Qwen2.5-0.5B-Instruct" and "3b" in cfg.teacher.model
+    assert cfg.data.external and cfg.fingerprint("data") != load_config("tiny").fingerprint("data")
+    with pytest.raises(DGPOError, match=r"data file\(s\) not found: data.train=data/nq_hotpotqa_train/train.parquet"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_stop_after_and_config_errors(tmp_path):
+    cfg = scratch_config(tmp_path)
     assert list(run_pipeline(cfg, stop_after="world")) == ["world"]
     with pytest.raises(DGPOError, match="unknown stage"):
         run_pipeline(cfg, stop_after="nope")
@@ -43,4 +160,4 @@ def test_stop_after_and_config_errors(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("agent:\n  top_k: 5\nworld:\n  seed: 3\n")
     cfg = load_config("smoke", good)
-    assert (cfg.agent.top_k, cfg.agent.max_turns, cfg.world.seed, cfg.world.size) == (5, 4, 3, "small")
+    assert (cfg.agent.top_k, cfg.agent.max_turns, cfg.world.seed, cfg.world.size) == (5, 4, 3, "default")

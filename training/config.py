@@ -37,22 +37,140 @@ class AgentSettings:
 
 
 @dataclass
+class TokenizerSettings:
+    vocab_size: int = 12288  # saturates near 10.4k on the default world: about one token per name word
+
+
+@dataclass
+class BaseSettings:
+    """Base-model pretraining (language modelling on the passages plus the copy curriculum)."""
+
+    student_steps: int = 1200
+    teacher_steps: int = 800
+    batch_size: int = 8
+    seq_len: int = 256
+    lr: float = 1e-3
+    copy_fraction: float = 0.3
+    seed: int = 0
+
+
+@dataclass
+class TeacherSettings:
+    """The teacher: SFT of the base teacher on the oracle's demonstrations, or ``model``, any HF
+    checkpoint (a Search-R1 PPO model at real scale), used as is."""
+
+    model: str | None = None
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 1e-3
+    lm_fraction: float = 0.2  # share of SFT examples drawn from the pretraining stream (keeps copying alive)
+    seed: int = 0
+
+
+@dataclass
+class TGOSettings:
+    """Teacher rollouts over the training questions; the correct ones are the cold start's data."""
+
+    questions: int | None = 2000
+    samples_per_question: int = 1
+    temperature: float = 1.0
+    max_new_tokens: int = 96
+    seed: int = 0
+
+
+@dataclass
+class ColdStartSettings:
+    """The student's cold start on TGO: ``kd`` (forward KL to the teacher, optional CE mix ``ce_weight``)
+    or ``seqkd`` (plain SFT); ``baselines`` names further methods to train and evaluate beside it."""
+
+    student: str | None = None  # an HF checkpoint instead of the base student
+    method: str = "kd"
+    baselines: list[str] = field(default_factory=list)
+    steps: int = 600
+    batch_size: int = 8
+    lr: float = 1e-3
+    kd_lambda: float = 1.0
+    ce_weight: float = 0.0
+    temperature: float = 1.0
+    eval_every: int = 100  # steps between dev-EM points of the curve (0: none)
+    eval_questions: int = 100
+    seed: int = 0
+
+
+@dataclass
+class EvalSettings:
+    """Greedy test-split evaluation through the batched graph."""
+
+    questions: int | None = None  # None: the whole split
+    max_new_tokens: int = 96
+
+
+@dataclass
+class DataSettings:
+    """Real-scale data in Search-R1's format instead of the embedded world: question files (parquet or
+    JSONL with ``question``, ``golden_answers``, ``data_source``) and a JSONL corpus to index."""
+
+    train: str | None = None
+    test: str | None = None
+    corpus: str | None = None
+
+    @property
+    def external(self) -> bool:
+        return any((self.train, self.test, self.corpus))
+
+
+@dataclass
 class PipelineConfig:
     preset: str = "tiny"
     out: str = "runs/tiny"
+    # "shipped": start from the packaged tokenizer, base student and teacher when they match the world;
+    # "scratch": train them here (what `dgpo-agent prepare` runs).
+    starting_point: str = "shipped"
     world: WorldSettings = field(default_factory=WorldSettings)
+    data: DataSettings = field(default_factory=DataSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
+    tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
+    base: BaseSettings = field(default_factory=BaseSettings)
+    teacher: TeacherSettings = field(default_factory=TeacherSettings)
+    tgo: TGOSettings = field(default_factory=TGOSettings)
+    cold_start: ColdStartSettings = field(default_factory=ColdStartSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
 
     def fingerprint(self, *sections: str) -> str:
         """A short hash of the named sections, so a stage re-runs only when its inputs change."""
-        data = {name: dataclasses.asdict(getattr(self, name)) for name in sections}
+        data = {name: _plain(getattr(self, name)) for name in sections}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _plain(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
 PRESETS: dict[str, dict[str, Any]] = {
+    # The default: the shipped starting point, then TGO and the cold start on 2 CPU cores.
     "tiny": {},
-    "smoke": {"world": {"size": "small"}},
+    # Minutes, for CI: the default path (shipped starting point) with a few questions and steps.
+    "smoke": {
+        "tgo": {"questions": 64, "max_new_tokens": 64},
+        "cold_start": {"steps": 20, "eval_every": 10, "eval_questions": 16, "baselines": ["seqkd"]},
+        "eval": {"questions": 60},
+    },
+    # GPU, real scale: the paper's models and Search-R1's data (download them first; see the README).
+    "qwen": {
+        "data": {
+            "train": "data/nq_hotpotqa_train/train.parquet",
+            "test": "data/nq_hotpotqa_train/test.parquet",
+            "corpus": "data/wiki-18.jsonl",
+        },
+        "store": {"batch_size": 512},
+        "teacher": {"model": "PeterJinGo/SearchR1-nq_hotpotqa_train-qwen2.5-3b-em-ppo"},
+        "tgo": {"questions": None, "samples_per_question": 1, "max_new_tokens": 500},
+        "cold_start": {
+            "student": "Qwen/Qwen2.5-0.5B-Instruct", "steps": 1000, "batch_size": 16, "lr": 1e-5, "eval_every": 0,
+        },
+        "eval": {"max_new_tokens": 500},
+    },
 }
 
 

@@ -1,20 +1,23 @@
 """``dgpo-agent train``: the pipeline as a list of cached, resumable stages.
 
-Stages so far: world → index → oracle (the expert demonstrations and the EM ceiling). Each stage
-writes into the run directory and records a fingerprint of the settings it read; a re-run skips a
-stage whose fingerprint still matches and resumes one that was interrupted.
+world → index → oracle → tokenizer → base → teacher → tgo → cold-start. Each stage writes into the
+run directory and records a fingerprint of the settings it read; a re-run skips a stage whose
+fingerprint still matches, resumes one that was interrupted with the same settings, and starts over
+(clearing its outputs) one whose settings changed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from dgpo_agent.errors import DGPOError
+from dgpo_agent.training import stages
 from dgpo_agent.training.config import PipelineConfig
 from dgpo_agent.training.report import write_report
 
@@ -22,23 +25,17 @@ from dgpo_agent.training.report import write_report
 @dataclass(frozen=True)
 class Stage:
     name: str
-    sections: tuple[str, ...]  # config sections the stage depends on
+    sections: tuple[str, ...]  # config sections the stage depends on, its predecessors' included
     run: Callable[[PipelineConfig, Path], dict]
-
-
-def world_dir(run: Path) -> Path:
-    return run / "world"
-
-
-def store_dir(run: Path) -> Path:
-    return run / "world" / "chroma"
+    outputs: tuple[str, ...] = ()  # run-relative paths cleared when the stage starts over
+    needed: Callable[[PipelineConfig], bool] = lambda cfg: True
 
 
 def _world(cfg: PipelineConfig, run: Path) -> dict:
     from dgpo_agent.world import generate_world
     from dgpo_agent.world.kb import WorldConfig
 
-    return generate_world(world_dir(run), WorldConfig.preset(cfg.world.size, seed=cfg.world.seed))
+    return generate_world(stages.world_dir(run), WorldConfig.preset(cfg.world.size, seed=cfg.world.seed))
 
 
 def _index(cfg: PipelineConfig, run: Path) -> dict:
@@ -46,7 +43,7 @@ def _index(cfg: PipelineConfig, run: Path) -> dict:
 
     embedder = Embedder(cfg.store.embedder) if cfg.store.embedder else None
     store = index_corpus(
-        world_dir(run) / "corpus.jsonl", store_dir(run), cfg.store.collection, embedder, cfg.store.batch_size
+        stages.world_dir(run) / "corpus.jsonl", stages.store_dir(run), cfg.store.collection, embedder, cfg.store.batch_size
     )
     return {"passages": store.count()}
 
@@ -54,14 +51,40 @@ def _index(cfg: PipelineConfig, run: Path) -> dict:
 def _oracle(cfg: PipelineConfig, run: Path) -> dict:
     from dgpo_agent.training.demonstrations import write_demonstrations
 
-    return write_demonstrations(world_dir(run), store_dir(run), run / "oracle", cfg)
+    return write_demonstrations(stages.world_dir(run), stages.store_dir(run), run / "oracle", cfg)
 
 
+def _trains_own_models(cfg: PipelineConfig) -> bool:
+    """Tokenizer and base models are needed unless both teacher and student are given checkpoints."""
+    return not (cfg.teacher.model and cfg.cold_start.student)
+
+
+WORLD = ("world", "data")
+MODELS = (*WORLD, "starting_point", "tokenizer", "base")
 STAGES = (
-    Stage("world", ("world",), _world),
-    Stage("index", ("world", "store"), _index),
-    Stage("oracle", ("world", "store", "agent"), _oracle),
+    Stage("world", WORLD, _world, ("world",)),
+    Stage("index", (*WORLD, "store"), _index),
+    Stage("oracle", (*WORLD, "store", "agent"), _oracle, ("oracle",)),
+    Stage("tokenizer", (*WORLD, "starting_point", "tokenizer"), stages.tokenizer_stage, ("tokenizer",), _trains_own_models),
+    Stage("base", (*MODELS, "store", "agent", "eval"), stages.base_stage, ("base",), _trains_own_models),
+    Stage("teacher", (*MODELS, "store", "agent", "eval", "teacher"), stages.teacher_stage, ("teacher",)),
+    Stage("tgo", (*MODELS, "store", "agent", "teacher", "tgo"), stages.tgo_stage, ("tgo",)),
+    Stage("cold-start", (*MODELS, "store", "agent", "eval", "teacher", "tgo", "cold_start"), stages.cold_start_stage, ("cold_start",)),
 )
+
+
+def validate(cfg: PipelineConfig) -> None:
+    """Refuse a config that cannot run before any stage starts, with the fix in the message."""
+    if cfg.starting_point not in ("shipped", "scratch"):
+        raise DGPOError(f"unknown starting_point {cfg.starting_point!r}: choose shipped or scratch")
+    if cfg.data.external:
+        missing = [f"data.{k}={v}" for k, v in dataclasses.asdict(cfg.data).items() if not v or not Path(v).is_file()]
+        if missing:
+            raise DGPOError(
+                f"data file(s) not found: {', '.join(missing)}: download Search-R1's data and corpus (README, "
+                "'Real scale') or set data.train/test/corpus in your --config YAML"
+            )
+        raise DGPOError("external Search-R1 data is validated but not yet trainable by `dgpo-agent train`: use the world")
 
 
 def run_pipeline(cfg: PipelineConfig, stop_after: str | None = None) -> dict[str, dict]:
@@ -69,12 +92,14 @@ def run_pipeline(cfg: PipelineConfig, stop_after: str | None = None) -> dict[str
     names = [s.name for s in STAGES]
     if stop_after is not None and stop_after not in names:
         raise DGPOError(f"unknown stage {stop_after!r} for --stop-after: choose one of {', '.join(names)}")
+    validate(cfg)
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     summaries = {}
     for stage in STAGES:
-        summaries[stage.name] = _run_stage(stage, cfg, run)
+        if stage.needed(cfg):
+            summaries[stage.name] = _run_stage(stage, cfg, run)
         if stage.name == stop_after:
             break
     write_report(run, summaries)
@@ -92,6 +117,7 @@ def _run_stage(stage: Stage, cfg: PipelineConfig, run: Path) -> dict:
         if record["fingerprint"] == fingerprint:
             console.print(f"[green]✓[/green] {stage.name}: cached ({record['seconds']:.1f} s when run)")
             return record["summary"]
+    _start_or_resume(stage, fingerprint, run)
     console.print(f"[bold]▶ {stage.name}[/bold]")
     start = time.perf_counter()
     summary = json.loads(json.dumps(stage.run(cfg, run)))  # as a cached run would read it back
@@ -100,3 +126,16 @@ def _run_stage(stage: Stage, cfg: PipelineConfig, run: Path) -> dict:
     marker.write_text(json.dumps({"fingerprint": fingerprint, "seconds": seconds, "summary": summary}, indent=2))
     console.print(f"[green]✓[/green] {stage.name}: {seconds:.1f} s")
     return summary
+
+
+def _start_or_resume(stage: Stage, fingerprint: str, run: Path) -> None:
+    """Resume a stage interrupted with the same settings; clear its outputs if its settings changed."""
+    started = run / ".stages" / f"{stage.name}.started"
+    if started.is_file() and started.read_text() == fingerprint:
+        return
+    for output in stage.outputs:
+        path = run / output
+        if path.is_dir():
+            shutil.rmtree(path)
+    started.parent.mkdir(exist_ok=True)
+    started.write_text(fingerprint)

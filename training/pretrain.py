@@ -8,19 +8,15 @@ Training uses transformers' ``Trainer``, budgeted in optimiser steps, checkpoint
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dgpo_agent import protocol
+from dgpo_agent.training.callbacks import train_resumable
 from dgpo_agent.training.copy_curriculum import copy_examples, world_names
-
-if TYPE_CHECKING:
-    from transformers import TrainerCallback
 
 DOCS_PER_BLOCK = 3  # the agent's default top_k: a block looks like one search's results
 TOKENIZE_BATCH = 256  # texts per call of the fast tokenizer
@@ -46,13 +42,10 @@ def pretrain(model: Any, tokenizer: Any, corpus_records: Sequence[dict], config:
     """Train ``model`` in place, resuming from the last checkpoint in ``save_dir``; save the final model and
     tokenizer there. Returns the last logged loss, the training tokens/s and the wall seconds."""
     from transformers import Trainer, TrainingArguments, default_data_collator
-    from transformers.trainer_utils import get_last_checkpoint
 
     start = time.perf_counter()
-    out = Path(config.save_dir)
-    out.mkdir(parents=True, exist_ok=True)
     args = TrainingArguments(
-        output_dir=str(out),
+        output_dir=config.save_dir,
         max_steps=config.steps,
         per_device_train_batch_size=config.batch_size,
         learning_rate=config.lr,
@@ -75,20 +68,15 @@ def pretrain(model: Any, tokenizer: Any, corpus_records: Sequence[dict], config:
         train_dataset=_dataset(training_sequences(tokenizer, corpus_records, config)),
         data_collator=default_data_collator,
         processing_class=tokenizer,
-        callbacks=[_jsonl_metrics(out / "metrics.jsonl")],
     )
-    checkpoint = get_last_checkpoint(str(out))
-    resumed_from = int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
-    _keep_metrics(out / "metrics.jsonl", upto=resumed_from)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(str(out))
-    steps_run = trainer.state.global_step - resumed_from
+    result = train_resumable(trainer)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    steps_run = result["steps"] - result["resumed_from"]
     return {
-        "steps": trainer.state.global_step,
-        "resumed_from": resumed_from,
+        "steps": result["steps"],
+        "resumed_from": result["resumed_from"],
         "final_loss": losses[-1] if losses else None,
-        "tokens_per_s": steps_run * config.batch_size * config.seq_len / result.metrics["train_runtime"],
+        "tokens_per_s": steps_run * config.batch_size * config.seq_len / result["train_runtime"],
         "wall_s": time.perf_counter() - start,
     }
 
@@ -135,23 +123,3 @@ def _dataset(sequences: list[list[int]]) -> Any:
     from datasets import Dataset
 
     return Dataset.from_dict({"input_ids": sequences, "labels": sequences}).with_format("torch")
-
-
-def _keep_metrics(path: Path, upto: int) -> None:
-    """Drop log entries after the checkpoint a run resumes from (they will be logged again)."""
-    if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= upto]
-        path.write_text("".join(line + "\n" for line in lines))
-
-
-def _jsonl_metrics(path: Path) -> TrainerCallback:
-    """A callback that appends every log entry (loss, learning rate, grad norm) with its step to ``path``."""
-    from transformers import TrainerCallback
-
-    class JsonlMetrics(TrainerCallback):
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-            if state.is_world_process_zero and logs:
-                with path.open("a") as sink:
-                    sink.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-    return JsonlMetrics()

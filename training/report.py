@@ -1,22 +1,58 @@
-"""The run's report card (``report.md``), rewritten after every pipeline run from stage summaries."""
+"""The run's report card (``report.md``), rewritten after every pipeline run from stage summaries:
+the test EM of every model in the paper's layout (models × data sources), the oracle's full metrics,
+the teacher's TGO yield, the cold start's EM curve, and each stage's summary."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from dgpo_agent.training.plots import plot_curves
+
+
+def model_rows(summaries: dict[str, dict], oracle_test: dict | None) -> dict[str, dict]:
+    """Test metrics per data source of each model the run evaluated, in pipeline order."""
+    rows = {}
+    if oracle_test:
+        rows["oracle (ceiling)"] = oracle_test
+    if "base" in summaries:
+        rows["base student"] = summaries["base"]["student_test"]
+    if "teacher" in summaries:
+        rows["teacher"] = summaries["teacher"]["test"]
+    for method, result in summaries.get("cold-start", {}).items():
+        rows[f"cold start ({method})"] = result["test"]
+    return rows
+
 
 def write_report(run: Path, summaries: dict[str, dict]) -> Path:
-    """Write ``report.md``: a section per finished stage, with the oracle's metrics as a table."""
+    """Write ``report.md`` (and ``curves.png`` when something was trained)."""
     lines = [f"# dgpo-agent run report: {run}", ""]
+    metrics = run / "oracle" / "metrics.json"
+    oracle_test = json.loads(metrics.read_text())["test"] if "oracle" in summaries and metrics.is_file() else None
+    rows = model_rows(summaries, oracle_test)
+    if len(rows) > 1 or (rows and not oracle_test):
+        lines += ["## Test EM (greedy, entity-disjoint test split, through the graph)", "", *em_table(rows), ""]
+    if oracle_test:
+        lines += ["## Oracle (the ceiling) on the test split", "", *metrics_table(oracle_test), ""]
+    if "tgo" in summaries:
+        lines += ["## Teacher outputs (TGO) yield", "", *metrics_table(_as_table(summaries["tgo"])), ""]
+    if plot_curves(run):
+        lines += ["## Curves", "", "![training curves](curves.png)", ""]
     for stage, summary in summaries.items():
         lines += [f"## {stage}", "", "```json", json.dumps(summary, indent=2, sort_keys=True), "```", ""]
-    metrics = run / "oracle" / "metrics.json"
-    if "oracle" in summaries and metrics.is_file():
-        lines += ["## Oracle (the ceiling) on the test split", "", *metrics_table(json.loads(metrics.read_text())["test"]), ""]
     path = run / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def em_table(rows: dict[str, dict]) -> list[str]:
+    """Models × data sources (``all`` last), EM to three decimals."""
+    sources = sorted({s for m in rows.values() for s in m} - {"all"}) + ["all"]
+    table = ["| model | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
+    for name, by_source in rows.items():
+        cells = [f"{by_source[s]['em']:.3f}" if s in by_source else "–" for s in sources]
+        table.append(f"| {name} | " + " | ".join(cells) + " |")
+    return table
 
 
 def metrics_table(by_source: dict[str, dict[str, float]]) -> list[str]:
@@ -24,5 +60,9 @@ def metrics_table(by_source: dict[str, dict[str, float]]) -> list[str]:
     keys = sorted({k for m in by_source.values() for k in m} - {"n"})
     rows = ["| data_source | n | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for source, m in by_source.items():
-        rows.append(f"| {source} | {m['n']} | " + " | ".join(f"{m.get(k, float('nan')):.3f}" for k in keys) + " |")
+        rows.append(f"| {source} | {m.get('n', '')} | " + " | ".join(f"{m.get(k, float('nan')):.3f}" for k in keys) + " |")
     return rows
+
+
+def _as_table(tgo: dict[str, dict]) -> dict[str, dict]:
+    return {source: {"n": m["samples"], **{k: v for k, v in m.items() if k != "samples"}} for source, m in tgo.items()}

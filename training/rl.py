@@ -40,6 +40,7 @@ from dgpo_agent.protocol import exact_match
 from dgpo_agent.rollout import AgentConfig, TokenTrajectory, run_batch, token_trajectory
 from dgpo_agent.state import AgentState
 from dgpo_agent.training import rl_objective as obj
+from dgpo_agent.training.callbacks import drop_after
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -528,7 +529,7 @@ class RLTrainer:
             self.accelerator.load_state(str(found[-1]))
             step = state["step"]
         if self.accelerator.is_main_process:
-            _truncate_log(self.run_dir / METRICS_FILE, step)
+            drop_after(self.run_dir / METRICS_FILE, step)
         self.accelerator.wait_for_everyone()
         return step
 
@@ -547,20 +548,6 @@ def checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     root = run_dir / CHECKPOINTS
     return sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file()) if root.is_dir() else []
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a line cut by a kill
-        if row["step"] <= step:
-            keep.append(line)
-    path.write_text("".join(line + "\n" for line in keep))
 
 
 def _synced_time() -> float:

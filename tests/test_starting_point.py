@@ -1,0 +1,85 @@
+"""The shipped starting point: export writes a record with hashes and scores; install copies a part
+only into a run of the same world and only when every file still matches its hash."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from dgpo_agent.errors import DGPOError
+from dgpo_agent.training import starting_point
+from dgpo_agent.training.config import load_config
+from tests.models import tiny_qwen2, tiny_tokenizer
+
+SCORES = {"all": {"n": 2, "em": 0.5}}
+
+
+@pytest.fixture
+def prepared(small_world, tmp_path):
+    """A run with a world, tokenizer, base student and teacher (tiny random models) and the stage
+    markers and evaluations a `dgpo-agent prepare` run leaves."""
+    run = tmp_path / "prepare"
+    shutil.copytree(small_world, run / "world", ignore=shutil.ignore_patterns("chroma"))
+    tok = tiny_tokenizer()
+    tok.save_pretrained(run / "tokenizer")
+    for sub in ("base/student", "teacher"):
+        tiny_qwen2(tok).save_pretrained(run / sub)
+        tok.save_pretrained(run / sub)
+    (run / ".stages").mkdir()
+    (run / ".stages" / "teacher.json").write_text(json.dumps({"fingerprint": "f", "seconds": 12.5, "summary": {}}))
+    return run
+
+
+def test_export_then_install_round_trips_every_part(prepared, tmp_path):
+    cfg = load_config("smoke", out=prepared)
+    assets = tmp_path / "assets"
+    summaries = {"base": {"student_test": SCORES}, "teacher": {"test": SCORES}}
+    record = starting_point.export(cfg, prepared, summaries, command="dgpo-agent prepare --out x", dest=assets)
+    assert record["world"]["settings"] == {"seed": 0, "size": "small"}
+    assert record["scores"]["teacher"] == SCORES and record["seconds"] == {"teacher": 12.5}
+    assert len(record["first_turns"]) == starting_point.PROBE_QUESTIONS
+    assert all(isinstance(t["turn"], str) and t["question"].endswith("?") for t in record["first_turns"])
+    assert {"teacher/model.safetensors", "base-student/config.json", "tokenizer/tokenizer.json"} <= set(record["files"])
+    assert json.loads((assets / "record.json").read_text()) == record
+
+    run = tmp_path / "run"
+    shutil.copytree(prepared / "world", run / "world")
+    for part, sub in starting_point.PARTS.items():
+        starting_point.install(cfg, run, part, run / sub, assets=assets)
+        assert (run / sub / "config.json").is_file() or part == "tokenizer"
+    assert (run / "teacher" / "model.safetensors").read_bytes() == (prepared / "teacher" / "model.safetensors").read_bytes()
+
+
+def test_install_refuses_another_world_and_changed_files(prepared, tmp_path):
+    cfg = load_config("smoke", out=prepared)
+    assets = tmp_path / "assets"
+    starting_point.export(cfg, prepared, {"base": {"student_test": SCORES}, "teacher": {"test": SCORES}}, "cmd", dest=assets)
+
+    other = load_config("smoke", out=prepared)
+    other.world.seed = 7
+    with pytest.raises(DGPOError, match="belongs to world .*set starting_point: scratch"):
+        starting_point.install(other, prepared, "teacher", tmp_path / "t", assets=assets)
+
+    (assets / "teacher" / "model.safetensors").write_bytes(b"tampered")
+    with pytest.raises(DGPOError, match="model.safetensors is missing or changed"):
+        starting_point.install(cfg, prepared, "teacher", tmp_path / "t", assets=assets)
+    with pytest.raises(DGPOError, match="no shipped starting point .*dgpo-agent prepare"):
+        starting_point.read_record(tmp_path / "nowhere")
+
+
+def test_shipped_teacher_loads_and_reproduces_its_recorded_first_turns():
+    """The packaged teacher is the one its record describes: every file matches its hash, and greedy
+    decoding reproduces the first turns the record kept (a float near-tie may flip one or two)."""
+    record = starting_point.read_record()
+    for name, digest in record["files"].items():
+        assert starting_point.sha256(starting_point.ASSETS / name) == digest, name
+    assert record["scores"]["teacher"]["all"]["n"] == 600 and record["scores"]["base_student"]["all"]["em"] <= 0.05
+
+    probes = record["first_turns"]
+    turns = starting_point.first_turns(
+        starting_point.ASSETS / "teacher", [p["question"] for p in probes], record["config"]["eval"]["max_new_tokens"]
+    )
+    same = sum(turn == p["turn"] for turn, p in zip(turns, probes))
+    assert len(probes) == starting_point.PROBE_QUESTIONS and same >= 0.9 * len(probes)

@@ -1,0 +1,125 @@
+"""The shipped starting point: the world tokenizer, the base student and the teacher for the default
+world, packaged with dgpo-agent like the paper's given teacher checkpoint.
+
+Preparing them takes longer than the default run may, so ``dgpo-agent prepare`` trains them here once
+(the pipeline with ``starting_point: scratch`` up to the teacher stage) and ``export`` copies them into
+the package with a record: the command, the config, the world they belong to, a SHA-256 per file and
+their scores. ``install`` copies a part into a run only after checking the world and every hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.resources
+import json
+import shutil
+from pathlib import Path
+
+from dgpo_agent.errors import DGPOError
+from dgpo_agent.training.config import PipelineConfig
+
+ASSETS = Path(str(importlib.resources.files("dgpo_agent"))) / "assets" / "tiny-world"
+PARTS = {"tokenizer": "tokenizer", "base-student": "base/student", "teacher": "teacher"}  # name → run subdir
+MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+PROBE_QUESTIONS = 32  # test questions whose first greedy turn the record keeps, for a fast check
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_record(assets: Path = ASSETS) -> dict:
+    path = assets / "record.json"
+    if not path.is_file():
+        raise DGPOError(f"no shipped starting point at {assets}: run `dgpo-agent prepare` or set starting_point: scratch")
+    return json.loads(path.read_text())
+
+
+def install(cfg: PipelineConfig, run: Path, part: str, dest: Path, assets: Path = ASSETS) -> None:
+    """Copy the shipped ``part`` into ``dest`` after checking that it was built for this run's world
+    and that every file is the one the record hashed."""
+    record = read_record(assets)
+    world = {"seed": cfg.world.seed, "size": cfg.world.size}
+    corpus = sha256(run / "world" / "corpus.jsonl")
+    if record["world"]["settings"] != world or record["world"]["corpus_sha256"] != corpus:
+        raise DGPOError(
+            f"the shipped starting point belongs to world {record['world']['settings']}, not {world}: "
+            "set starting_point: scratch to train the tokenizer, base models and teacher for this world"
+        )
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name, digest in record["files"].items():
+        folder, file = name.split("/", 1)
+        if folder != part:
+            continue
+        source = assets / name
+        if not source.is_file() or sha256(source) != digest:
+            raise DGPOError(f"shipped file {source} is missing or changed: reinstall dgpo-agent or run `dgpo-agent prepare`")
+        shutil.copyfile(source, dest / file)
+
+
+def export(cfg: PipelineConfig, run: Path, summaries: dict[str, dict], command: str, dest: Path = ASSETS) -> dict:
+    """Copy the run's tokenizer, base student and teacher into ``dest`` and write their record."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    files = {}
+    for part, subdir in PARTS.items():
+        (dest / part).mkdir(parents=True)
+        for name in (*MODEL_FILES, *TOKENIZER_FILES):
+            source = run / subdir / name
+            if source.is_file():
+                shutil.copyfile(source, dest / part / name)
+                files[f"{part}/{name}"] = sha256(source)
+    sections = ("world", "tokenizer", "base", "teacher", "agent", "eval")
+    from dgpo_agent.world import load_questions
+
+    questions = [r["question"] for r in load_questions(run / "world" / "test.jsonl")[:PROBE_QUESTIONS]]
+    record = {
+        "command": command,
+        "config": {name: dataclasses.asdict(getattr(cfg, name)) for name in sections},
+        "world": {
+            "settings": {"seed": cfg.world.seed, "size": cfg.world.size},
+            "corpus_sha256": sha256(run / "world" / "corpus.jsonl"),
+        },
+        "seconds": {stage: round(s, 1) for stage, s in stage_seconds(run).items()},
+        "scores": {"base_student": summaries["base"]["student_test"], "teacher": summaries["teacher"]["test"]},
+        "first_turns": [
+            {"question": q, "turn": t} for q, t in zip(questions, first_turns(run / "teacher", questions, cfg.eval.max_new_tokens))
+        ],
+        "files": files,
+    }
+    (dest / "record.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return record
+
+
+def stage_seconds(run: Path) -> dict[str, float]:
+    """Wall seconds each finished stage of ``run`` took (from its stage markers)."""
+    markers = sorted((run / ".stages").glob("*.json"))
+    return {m.stem: json.loads(m.read_text())["seconds"] for m in markers}
+
+
+def first_turns(model_dir: Path, questions: list[str], max_new_tokens: int) -> list[str]:
+    """The model's first greedy turn for each question, in one batch: a check that needs no store
+    (the first turn comes before any search)."""
+    from dgpo_agent.backends.base import SamplingParams
+    from dgpo_agent.backends.transformers import TransformersPolicy
+    from dgpo_agent.rollout import AgentConfig, run_batch
+
+    policy = TransformersPolicy.from_pretrained(str(model_dir), device="cpu")
+    config = AgentConfig(max_turns=1, sampling=SamplingParams(max_new_tokens=max_new_tokens))
+    states = run_batch(questions, policy, _NoDocs(), config)
+    return [next(s["text"] for s in state["segments"] if s["role"] == "model") for state in states]
+
+
+class _NoDocs:
+    """A retriever that finds nothing."""
+
+    def search(self, queries: list[str], k: int) -> list[list[dict]]:
+        return [[] for _ in queries]
