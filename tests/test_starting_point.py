@@ -32,8 +32,14 @@ def prepared(small_world, tmp_path):
     return run
 
 
+def small_world_config(run):
+    cfg = load_config("smoke", out=run)
+    cfg.world.size = "small"
+    return cfg
+
+
 def test_export_then_install_round_trips_every_part(prepared, tmp_path):
-    cfg = load_config("smoke", out=prepared)
+    cfg = small_world_config(prepared)
     assets = tmp_path / "assets"
     summaries = {"base": {"student_test": SCORES}, "teacher": {"test": SCORES}}
     record = starting_point.export(cfg, prepared, summaries, command="dgpo-agent prepare --out x", dest=assets)
@@ -53,11 +59,11 @@ def test_export_then_install_round_trips_every_part(prepared, tmp_path):
 
 
 def test_install_refuses_another_world_and_changed_files(prepared, tmp_path):
-    cfg = load_config("smoke", out=prepared)
+    cfg = small_world_config(prepared)
     assets = tmp_path / "assets"
     starting_point.export(cfg, prepared, {"base": {"student_test": SCORES}, "teacher": {"test": SCORES}}, "cmd", dest=assets)
 
-    other = load_config("smoke", out=prepared)
+    other = small_world_config(prepared)
     other.world.seed = 7
     with pytest.raises(DGPOError, match="belongs to world .*set starting_point: scratch"):
         starting_point.install(other, prepared, "teacher", tmp_path / "t", assets=assets)
