@@ -36,5 +36,5 @@ def quick_em(policy: Any, records: list[dict], retriever: Any, config: AgentConf
     from dgpo_agent.rollout import run_batch
 
     states = run_batch([r["question"] for r in records], policy, retriever, config)
-    scores = [score(output(state), record) for state, record in zip(states, records, strict=True)]
-    return {k: round(sum(s[k] for s in scores) / len(scores), 4) for k in ("em", "answered")}
+    overall = aggregate((r["data_source"], score(output(state), r)) for state, r in zip(states, records, strict=True))["all"]
+    return {k: overall[k] for k in ("em", "answered")}
