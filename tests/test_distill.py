@@ -300,7 +300,12 @@ def test_train_kd_returns_metrics(tok, tmp_path) -> None:
 def test_cold_start_loss_gradient_is_exactly_zero_where_retrieved_text_is_the_target(tok, tmp_path) -> None:
     """The must-show: through the real example builder, collator and trainer loss, the logits that
     predict retrieved ``<information>`` tokens (or the prompt) get exactly zero gradient; every logit
-    that predicts a model token gets some."""
+    that predicts a model token gets some.
+
+    The trainer projects only target positions through the LM head, so the loss sees logits for
+    exactly the model-token targets, and the head's full input (every position's hidden state) gets
+    exactly zero gradient elsewhere: a logit that is never computed cannot move.
+    """
     example = encode_segments(segments(), tok, question=QUESTION)
     batch = CompletionCollator.for_tokenizer(tok)([example])
     student, teacher = copy.deepcopy(tiny_qwen2(tok, seed=0)), tiny_qwen2(tok, seed=1)
@@ -308,18 +313,25 @@ def test_cold_start_loss_gradient_is_exactly_zero_where_retrieved_text_is_the_ta
 
     captured = {}
 
-    def keep_grad(module, args, logits) -> None:
-        logits.register_hook(lambda grad: captured.setdefault("grad", grad))
+    def keep_grads(module, args) -> None:
+        args[0].register_hook(lambda grad: captured.setdefault("hidden", grad))
 
-    hook = student.lm_head.register_forward_hook(keep_grad)
+    def keep_logits(module, args, logits) -> None:
+        captured["rows"] = logits.shape[0]
+        logits.register_hook(lambda grad: captured.setdefault("logits", grad))
+
+    hooks = [student.lm_head.register_forward_pre_hook(keep_grads), student.lm_head.register_forward_hook(keep_logits)]
     trainer.compute_loss(student, batch).backward()
-    hook.remove()
+    for hook in hooks:
+        hook.remove()
 
-    grad = captured["grad"][0]
     mask = example["completion_mask"]
     targets_env = [t for t in range(len(mask) - 1) if not mask[t + 1]]
     targets_model = [t for t in range(len(mask) - 1) if mask[t + 1]]
     info = tok.convert_tokens_to_ids("<information>")
     assert any(example["input_ids"][t + 1] == info for t in targets_env)  # the observation is among them
-    assert torch.all(grad[targets_env] == 0)
-    assert torch.all(grad[targets_model].abs().sum(-1) > 0)
+    assert captured["rows"] == len(targets_model)  # logits exist only where a model token is the target
+    assert torch.all(captured["logits"].abs().sum(-1) > 0)
+    hidden = captured["hidden"][0]
+    assert torch.all(hidden[targets_env] == 0)
+    assert torch.all(hidden[targets_model].abs().sum(-1) > 0)
