@@ -102,25 +102,26 @@ def evaluate_models(
     from dgpo_agent.agent import resolve_policy
 
     _check_names(models)
-    digest = hashlib.sha256(Path(data).read_bytes()).hexdigest()
-    sources = sorted({r["data_source"] for r in records})
-    results = {
-        "data": {
-            "file": str(data),
-            "sha256": digest,
-            "questions": len(records),
-            "sources": {s: sum(r["data_source"] == s for r in records) for s in sources},
-        },
-        "settings": config.describe(),
-        "models": [],
-    }
+    results = {"data": describe_data(records, data), "settings": config.describe(), "models": []}
     for name, spec in models:
         path = out / "trajectories" / f"{name}.jsonl"
+        digest = results["data"]["sha256"]
         _claim(path.with_suffix(".settings.json"), {"model": str(spec), "data_sha256": digest, **config.describe()})
         policy = resolve_policy(spec, **policy_kwargs)
         rows = evaluate(records, policy, retriever, config, path, label=name)
         results["models"].append({"name": name, "model": str(spec), "metrics": metrics(rows)})
     return results
+
+
+def describe_data(records: Sequence[dict], data: Path) -> dict:
+    """The evaluated file, its SHA-256 and the questions per data source, as reports print them."""
+    sources = sorted({r["data_source"] for r in records})
+    return {
+        "file": str(data),
+        "sha256": hashlib.sha256(Path(data).read_bytes()).hexdigest(),
+        "questions": len(records),
+        "sources": {s: sum(r["data_source"] == s for r in records) for s in sources},
+    }
 
 
 def _claim(path: Path, settings: dict) -> None:

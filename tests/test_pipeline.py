@@ -61,9 +61,10 @@ def test_scratch_pipeline_runs_caches_and_reports(tmp_path):
     assert after["oracle.json"] != markers["oracle.json"]
 
 
-def test_tgo_and_cold_start_stages_distil_a_teacher_that_answers(small_world, small_store, tmp_path):
+def test_model_stages_distil_a_teacher_that_answers_then_run_rl_and_report(small_world, small_store, tmp_path):
     """TGO keeps the teacher's correct rollouts with token ids; the cold start trains KD and SeqKD on
-    them, records the dev EM curve, evaluates on test, and the report tabulates every model."""
+    them, records the dev EM curve and evaluates on test; RL runs DGPO and teacher-free baselines from
+    the cold start or the base; the results stage writes the ARC report and the report tabulates every model."""
     from dgpo_agent.rollout import AgentConfig
     from dgpo_agent.training import stages
     from dgpo_agent.training.data import load_examples
@@ -113,17 +114,40 @@ def test_tgo_and_cold_start_stages_distil_a_teacher_that_answers(small_world, sm
     newest = max(run.glob("cold_start/*/dgpo_agent.json"), key=lambda p: p.stat().st_mtime_ns)
     assert newest.parent.name == "kd"
 
-    write_report(run, {"tgo": tgo, "cold-start": cold})
+    cfg.rl.steps, cfg.rl.rollouts, cfg.rl.group_size, cfg.rl.eval_every, cfg.rl.eval_questions = 2, 4, 2, 1, 4
+    cfg.rl.max_new_tokens, cfg.rl.lr, cfg.rl.baselines = 48, 1e-3, ["grpo", "ppo-from-base"]
+    rl = stages.rl_stage(cfg, run)
+    assert list(rl) == ["dgpo", "grpo", "ppo-from-base"]
+    for method, result in rl.items():
+        log = [json.loads(line) for line in (run / "rl" / method / "metrics.jsonl").open()]
+        assert [e["step"] for e in log] == [1, 2] and all(e["dev_em"] is not None for e in log)
+        assert [p["step"] for p in result["curve"]] == [1, 2] and result["test"]["all"]["n"] == 8
+        assert (run / "rl" / method / "final" / "dgpo_agent.json").is_file()
+        # DGPO measures its KL to the teacher on wrong rollouts; the teacher-free baselines have none.
+        assert (log[0]["kl_wrong"] is not None) == (method == "dgpo")
+    assert rl["ppo-from-base"]["start"].endswith("base/student") and rl["dgpo"]["start"].endswith("cold_start/kd")
+    newest = max(run.glob("rl/*/final/dgpo_agent.json"), key=lambda p: p.stat().st_mtime_ns)
+    assert newest.parent.parent.name == "dgpo"
+
+    results = stages.results_stage(cfg, run)
+    assert list(results) == ["cold-start-kd", "cold-start-seqkd", "dgpo", "grpo", "ppo-from-base"]  # the teacher was made by hand, untested
+    assert results["dgpo"]["all"] == rl["dgpo"]["test"]["all"]["em"]
+    arc = (run / "arc/report.md").read_text()
+    assert "| dgpo |" in arc and "| cold-start-kd |" in arc and (run / "arc/arc.png").is_file()
+
+    write_report(run, {"tgo": tgo, "cold-start": cold, "rl": rl, "results": results})
     report = (run / "report.md").read_text()
     assert "| cold start (kd) |" in report and "| cold start (seqkd) |" in report and "yield" in report
+    assert "| dgpo |" in report and "| ppo-from-base |" in report and "arc/report.md" in report
 
 
 def test_smoke_preset_runs_the_default_path_end_to_end(tmp_path):
     """What `dgpo-agent train` does, at a few questions and steps: the default world, the shipped
-    starting point installed and scored, TGO, and the cold start (KD, and SeqKD beside it)."""
+    starting point installed and scored, TGO, the cold start (KD, and SeqKD beside it), RL (DGPO, and
+    GRPO beside it) and the ARC results."""
     cfg = load_config("smoke", out=tmp_path / "run")
     summaries = run_pipeline(cfg)
-    assert list(summaries) == ["world", "index", "oracle", "tokenizer", "base", "teacher", "tgo", "cold-start"]
+    assert list(summaries) == ["world", "index", "oracle", "tokenizer", "base", "teacher", "tgo", "cold-start", "rl", "results"]
     assert summaries["tokenizer"]["source"] == summaries["base"]["source"] == summaries["teacher"]["source"] == "shipped"
     assert summaries["base"]["student_test"]["all"]["n"] == summaries["teacher"]["test"]["all"]["n"] == 60
     assert summaries["base"]["student_test"]["all"]["em"] <= 0.05
@@ -132,8 +156,12 @@ def test_smoke_preset_runs_the_default_path_end_to_end(tmp_path):
     for method in ("kd", "seqkd"):
         result = summaries["cold-start"][method]
         assert [p["step"] for p in result["curve"]] == [0, 10, 20] and result["test"]["all"]["n"] == 60
+    for method in ("dgpo", "grpo"):
+        assert [p["step"] for p in summaries["rl"][method]["curve"]] == [1, 2] and summaries["rl"][method]["test"]["all"]["n"] == 60
+    assert list(summaries["results"]) == ["base-student", "teacher", "cold-start-kd", "cold-start-seqkd", "dgpo", "grpo"]
     report = (tmp_path / "run/report.md").read_text()
     assert "| teacher |" in report and "| cold start (kd) |" in report and "![training curves](curves.png)" in report
+    assert "| dgpo |" in report and (tmp_path / "run/arc/report.md").is_file()
 
 
 def test_qwen_preset_loads_and_validates(tmp_path, monkeypatch):

@@ -92,7 +92,37 @@ class ColdStartSettings:
     kd_lambda: float = 1.0
     ce_weight: float = 0.0
     temperature: float = 1.0
+    lm_fraction: float = 0.0  # share of examples from the base pretraining stream (keeps copying alive)
     eval_every: int = 100  # steps between dev-EM points of the curve (0: none)
+    eval_questions: int = 100
+    seed: int = 0
+
+
+@dataclass
+class RLSettings:
+    """RL after the cold start, on the training questions through the batched graph (``training.rl``).
+
+    ``dgpo``: PPO with a value model plus the teacher's per-token KL penalty on wrong rollouts (the
+    paper). ``ppo`` / ``grpo``: the same loop without a teacher. Each starts from the cold start's
+    main method; a ``-from-base`` suffix (``ppo-from-base``) starts it from the base student. Every
+    step samples ``rollouts`` trajectories (GRPO: ``rollouts / group_size`` questions × ``group_size``).
+    """
+
+    method: str = "dgpo"
+    baselines: list[str] = field(default_factory=list)
+    steps: int = 40  # 0: no RL
+    rollouts: int = 64
+    group_size: int = 4  # grpo only
+    lr: float = 1e-5
+    critic_lr: float = 1e-4
+    beta: float = 0.001
+    kl_on: str = "wrong"
+    kl_estimator: str = "k1"
+    temperature: float = 1.0
+    max_new_tokens: int = 96
+    num_minibatches: int = 2
+    save_every: int = 10
+    eval_every: int = 10  # steps between dev-EM points (0: none)
     eval_questions: int = 100
     seed: int = 0
 
@@ -135,6 +165,7 @@ class PipelineConfig:
     teacher: TeacherSettings = field(default_factory=TeacherSettings)
     tgo: TGOSettings = field(default_factory=TGOSettings)
     cold_start: ColdStartSettings = field(default_factory=ColdStartSettings)
+    rl: RLSettings = field(default_factory=RLSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
 
     def fingerprint(self, *sections: str) -> str:
@@ -154,6 +185,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "tgo": {"questions": 64, "max_new_tokens": 64},
         "cold_start": {"steps": 20, "eval_every": 10, "eval_questions": 16, "baselines": ["seqkd"]},
+        "rl": {"steps": 2, "rollouts": 8, "max_new_tokens": 48, "eval_every": 1, "eval_questions": 16, "baselines": ["grpo"]},
         "eval": {"questions": 60},
     },
     # GPU, real scale: the paper's models and Search-R1's data (download them first; see the README).
@@ -169,6 +201,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cold_start": {
             "student": "Qwen/Qwen2.5-0.5B-Instruct", "steps": 1000, "batch_size": 16, "lr": 1e-5, "eval_every": 0,
         },
+        # The reference recipe (dgpo-paper.md): 512 prompts x 1 rollout, mini-batch 256, 1000 steps.
+        "rl": {"steps": 1000, "rollouts": 512, "lr": 1e-6, "critic_lr": 1e-5, "max_new_tokens": 500, "save_every": 50, "eval_every": 200, "eval_questions": 256},
         "eval": {"max_new_tokens": 500},
     },
 }

@@ -1,5 +1,5 @@
-"""Greedy EM of a model through the batched graph, per ``data_source``: the number each model stage
-reports, and the points of the cold start's EM curve."""
+"""Greedy test metrics of a model through the ARC harness, per ``data_source``: the numbers every
+model stage reports, and the points of the cold start's and RL's dev-EM curves."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 from dgpo_agent.backends.base import SamplingParams
 from dgpo_agent.evals.scoring import aggregate
 from dgpo_agent.rollout import AgentConfig
-from dgpo_agent.training.rollouts import rollout_records
 
 SUMMARY_KEYS = ("n", "em", "f1", "evidence_recall", "answered", "searches")
 
@@ -20,13 +19,15 @@ def greedy_config(max_turns: int, top_k: int, max_new_tokens: int) -> AgentConfi
 
 
 def evaluate_policy(policy: Any, records: list[dict], retriever: Any, config: AgentConfig, path: Path, label: str) -> dict:
-    """Roll ``records`` out greedily (trajectories kept in ``path``, resumable) and write the metrics
-    per data source beside it as ``<path>.metrics.json``."""
-    rows = rollout_records(records, policy, retriever, config, path, label=label)
-    metrics = aggregate((r["data_source"], r["scores"]) for r in rows)
-    summary = {source: {k: m[k] for k in SUMMARY_KEYS if k in m} for source, m in metrics.items()}
-    path.with_suffix(".metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    return summary
+    """Roll ``records`` out through the ARC harness (trajectories and evidence probes kept in
+    ``path``, resumable), write every metric per data source to ``<path>.metrics.json`` (what the
+    run's ARC report reads) and return the headline metrics per data source."""
+    from dgpo_agent.evals.harness import EvalConfig, evaluate, metrics
+
+    rows = evaluate(records, policy, retriever, EvalConfig(config), path, label=label)
+    full = metrics(rows)
+    path.with_suffix(".metrics.json").write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+    return {source: {k: m[k] for k in SUMMARY_KEYS if k in m} for source, m in full.items()}
 
 
 def quick_em(policy: Any, records: list[dict], retriever: Any, config: AgentConfig) -> dict:

@@ -1,6 +1,6 @@
 """``dgpo-agent train``: the pipeline as a list of cached, resumable stages.
 
-world → index → oracle → tokenizer → base → teacher → tgo → cold-start. Each stage writes into the
+world → index → oracle → tokenizer → base → teacher → tgo → cold-start → rl → results. Each stage writes into the
 run directory and records a fingerprint of the settings it read; a re-run skips a stage whose
 fingerprint still matches, resumes one that was interrupted with the same settings, and starts over
 (clearing its outputs) one whose settings changed.
@@ -70,6 +70,8 @@ STAGES = (
     Stage("teacher", (*MODELS, "store", "agent", "eval", "teacher"), stages.teacher_stage, ("teacher",)),
     Stage("tgo", (*MODELS, "store", "agent", "teacher", "tgo"), stages.tgo_stage, ("tgo",)),
     Stage("cold-start", (*MODELS, "store", "agent", "eval", "teacher", "tgo", "cold_start"), stages.cold_start_stage, ("cold_start",)),
+    Stage("rl", (*MODELS, "store", "agent", "eval", "teacher", "tgo", "cold_start", "rl"), stages.rl_stage, ("rl",), lambda cfg: cfg.rl.steps > 0),
+    Stage("results", (*MODELS, "store", "agent", "eval", "teacher", "tgo", "cold_start", "rl"), stages.results_stage, ("arc",)),
 )
 
 

@@ -21,6 +21,8 @@ def model_rows(summaries: dict[str, dict], oracle_test: dict | None) -> dict[str
         rows["teacher"] = summaries["teacher"]["test"]
     for method, result in summaries.get("cold-start", {}).items():
         rows[f"cold start ({method})"] = result["test"]
+    for method, result in summaries.get("rl", {}).items():
+        rows[method] = result["test"]
     return rows
 
 
@@ -36,6 +38,8 @@ def write_report(run: Path, summaries: dict[str, dict]) -> Path:
         lines += ["## Oracle (the ceiling) on the test split", "", *metrics_table(oracle_test), ""]
     if "tgo" in summaries:
         lines += ["## Teacher outputs (TGO) yield", "", *metrics_table(_as_table(summaries["tgo"])), ""]
+    if "results" in summaries:
+        lines += ["The ARC report of these models (hit ratio, evidence recall, EM given the gold evidence, thinking): [arc/report.md](arc/report.md)", ""]
     if plot_curves(run):
         lines += ["## Curves", "", "![training curves](curves.png)", ""]
     for stage, summary in summaries.items():

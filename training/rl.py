@@ -27,7 +27,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,7 +46,7 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
 # Settings that may change between a run and its resumption without changing what it computes.
-RESUMABLE_CHANGES = ("max_steps", "save_every", "save_total_limit", "output_dir")
+RESUMABLE_CHANGES = ("max_steps", "save_every", "eval_every", "save_total_limit", "output_dir")
 
 
 @dataclass
@@ -83,6 +83,7 @@ class RLConfig:
     micro_batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
     max_steps: int = 1000
     save_every: int = 50
+    eval_every: int = field(default=0, metadata={"help": "steps between evaluations of the policy (0: none; needs an evaluate function)"})
     save_total_limit: int | None = field(default=2, metadata={"help": "checkpoints kept (None: all)"})
     seed: int = 0
     temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature (log-probs use the same)"})
@@ -189,6 +190,8 @@ class RLTrainer:
     ``teacher`` None (or ``beta`` 0 or ``kl_on`` none) gives the teacher-free baseline; with a teacher
     its KL is still measured and logged on wrong rollouts. ``critic`` defaults to ``value_model(policy)``
     for PPO. All models stay in eval mode: dropout off, as TRL's ``disable_dropout`` does for RL.
+    ``evaluate`` (the policy model → metrics) runs on the main process every ``eval_every`` steps and
+    at the end; its metrics join that step's log with a ``dev_`` prefix (the EM curve).
     """
 
     def __init__(
@@ -201,6 +204,7 @@ class RLTrainer:
         config: RLConfig,
         teacher: Any | None = None,
         critic: Any | None = None,
+        evaluate: Callable[[Any], dict[str, float]] | None = None,
     ) -> None:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -243,6 +247,7 @@ class RLTrainer:
         self.rollout_policy = TransformersPolicy(acc.unwrap_model(self.model), tokenizer)
         self.pad_id = self.rollout_policy.pad_id
         self.run_dir = Path(config.output_dir)
+        self.evaluate = evaluate
         self.step = 0
         self._order: tuple[int, list[int]] = (-1, [])
 
@@ -478,12 +483,22 @@ class RLTrainer:
         for step in range(self.step + 1, cfg.max_steps + 1):
             metrics = self.train_step(step)
             self.step = step
+            if self.evaluate and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                metrics.update(self._evaluate())
             if self.accelerator.is_main_process:
                 with (self.run_dir / METRICS_FILE).open("a") as sink:
                     sink.write(json.dumps(metrics) + "\n")
             if step % cfg.save_every == 0 or step == cfg.max_steps:
                 self.save_checkpoint(step)
         return metrics
+
+    def _evaluate(self) -> dict[str, float]:
+        """The evaluation metrics (main process only: the others wait for it)."""
+        result = {}
+        if self.accelerator.is_main_process:
+            result = {f"dev_{k}": v for k, v in self.evaluate(self.accelerator.unwrap_model(self.model)).items()}
+        self.accelerator.wait_for_everyone()
+        return result
 
     def save_checkpoint(self, step: int) -> Path:
         """Models, optimizers, schedulers and RNG states (``accelerator.save_state``) plus the step and
@@ -569,10 +584,11 @@ def train_rl(
     config: RLConfig,
     teacher: Any | None = None,
     critic: Any | None = None,
+    evaluate: Callable[[Any], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) to ``config.max_steps`` and save the policy to ``output_dir/final``;
     returns the last step's metrics."""
-    trainer = RLTrainer(model, tokenizer, records, retriever, agent, config, teacher=teacher, critic=critic)
+    trainer = RLTrainer(model, tokenizer, records, retriever, agent, config, teacher=teacher, critic=critic, evaluate=evaluate)
     metrics = trainer.train()
     trainer.save_policy(Path(config.output_dir) / "final")
     return metrics

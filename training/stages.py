@@ -1,15 +1,18 @@
-"""The model stages of ``dgpo-agent train``: tokenizer → base models → teacher → TGO → cold start.
+"""The model stages of ``dgpo-agent train``: tokenizer → base models → teacher → TGO → cold start
+→ RL → results.
 
 Each stage reads the run directory its predecessors wrote and returns a JSON summary (the pipeline
 caches it). Every model is a ``save_pretrained`` directory, so the Hugging Face path is the only path,
-and every model stage ends with the model's greedy test EM through the graph, per data source.
+and every model stage ends with the model's greedy test metrics through the ARC harness.
 
     run/tokenizer/                      the world tokenizer
     run/base/{student,teacher}/         base models (language modelling + copy curriculum)
     run/teacher/                        the teacher (SFT on the oracle's demonstrations)
     run/tgo/train.jsonl                 the teacher's rollouts with token ids and env mask
     run/cold_start/<method>/            the cold-started student(s), with curve.jsonl
+    run/rl/<method>/                    RL runs: metrics.jsonl, checkpoints/, final/ (the policy)
     run/<model dir>/test.jsonl          each model's test trajectories (+ test.metrics.json)
+    run/arc/                            the ARC report of every model (report.md, metrics.json, PNGs)
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from dgpo_agent.errors import DGPOError
 from dgpo_agent.training.config import PipelineConfig
 
 COLD_START_METHODS = ("kd", "seqkd")
+RL_METHODS = ("dgpo", "ppo", "grpo")
+FROM_BASE = "-from-base"
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -240,21 +245,24 @@ def _cold_start(cfg: PipelineConfig, run: Path, method: str) -> dict:
     from dgpo_agent.training.callbacks import EMCurve, read_log, train_resumable
     from dgpo_agent.training.data import load_examples
     from dgpo_agent.training.distill import DistillTrainer
+    from dgpo_agent.training.pretrain import PretrainConfig
 
     c = cfg.cold_start
     out = run / "cold_start" / method
-    tokenizer = load_tokenizer(run) if not c.student else _policy(c.student).tokenizer
+    tokenizer = _student_tokenizer(cfg, run)
     teacher = load_model(cfg.teacher.model or run / "teacher").eval() if method == "kd" else None
     weights = dict(kd_lambda=c.kd_lambda, ce_weight=c.ce_weight, temperature=c.temperature) if teacher else dict(kd_lambda=0.0)
+    stream = PretrainConfig(seq_len=cfg.base.seq_len, copy_fraction=cfg.base.copy_fraction, seed=c.seed + 2)
+    dataset = with_lm_stream(load_examples(run / "tgo" / "train.jsonl", correct_only=True), tokenizer, _corpus(run), c.lm_fraction, stream)
     trainer = DistillTrainer(
         model=load_model(c.student or run / "base" / "student"),
         args=_training_args(c, out, **weights),
         processing_class=tokenizer,
         teacher_model=teacher,
-        train_dataset=load_examples(run / "tgo" / "train.jsonl", correct_only=True),
+        train_dataset=dataset,
     )
     if c.eval_every:
-        trainer.add_callback(EMCurve(_dev_em(cfg, run, tokenizer), c.eval_every))
+        trainer.add_callback(EMCurve(_dev_em(cfg, run, tokenizer, c.eval_questions), c.eval_every))
     metrics = train_resumable(trainer)
     write_store_record(out, store_dir(run))
     return {
@@ -264,15 +272,100 @@ def _cold_start(cfg: PipelineConfig, run: Path, method: str) -> dict:
     }
 
 
-def _dev_em(cfg: PipelineConfig, run: Path, tokenizer: Any) -> Any:
-    """EM on the first ``eval_questions`` dev questions, greedy, for the curve."""
+def _student_tokenizer(cfg: PipelineConfig, run: Path) -> Any:
+    if cfg.cold_start.student:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(cfg.cold_start.student)
+    return load_tokenizer(run)
+
+
+def _dev_em(cfg: PipelineConfig, run: Path, tokenizer: Any, questions: int) -> Any:
+    """model → EM on the first ``questions`` dev questions, greedy, for the training curves."""
     from dgpo_agent.backends.transformers import TransformersPolicy
     from dgpo_agent.training.evaluate import greedy_config, quick_em
 
-    records = _questions(run, "dev", cfg.cold_start.eval_questions)
+    records = _questions(run, "dev", questions)
     agent = greedy_config(cfg.agent.max_turns, cfg.agent.top_k, cfg.eval.max_new_tokens)
     store = _store(cfg, run)
     return lambda model: quick_em(TransformersPolicy(model, tokenizer), records, store, agent)
+
+
+def rl_stage(cfg: PipelineConfig, run: Path) -> dict:
+    """RL from the cold start: ``method`` (DGPO by default) and each teacher-free baseline."""
+    methods = [cfg.rl.method, *cfg.rl.baselines]
+    unknown = [m for m in methods if m.removesuffix(FROM_BASE) not in RL_METHODS]
+    if unknown:
+        choices = ", ".join([*RL_METHODS, *(m + FROM_BASE for m in RL_METHODS[1:])])
+        raise DGPOError(f"unknown RL method(s) {', '.join(unknown)}: choose from {choices}")
+    # Baselines first, so the main method's policy is the newest (what `dgpo-agent chat` picks).
+    results = {method: _rl(cfg, run, method) for method in dict.fromkeys(reversed(methods))}
+    return {method: results[method] for method in dict.fromkeys(methods)}
+
+
+def _rl(cfg: PipelineConfig, run: Path, method: str) -> dict:
+    from dgpo_agent.backends.base import SamplingParams
+    from dgpo_agent.rollout import AgentConfig
+    from dgpo_agent.training.callbacks import read_log
+    from dgpo_agent.training.rl import METRICS_FILE, RLConfig, train_rl
+
+    r, algorithm = cfg.rl, method.removesuffix(FROM_BASE)
+    guided = algorithm == "dgpo"
+    out = run / "rl" / method
+    start = (cfg.cold_start.student or run / "base" / "student") if method.endswith(FROM_BASE) else run / "cold_start" / cfg.cold_start.method
+    group = r.group_size if algorithm == "grpo" else 1
+    config = RLConfig(
+        output_dir=str(out), algorithm="grpo" if algorithm == "grpo" else "ppo", beta=r.beta,
+        kl_on=r.kl_on if guided else "none", kl_estimator=r.kl_estimator, learning_rate=r.lr,
+        critic_learning_rate=r.critic_lr, rollout_batch_size=max(1, r.rollouts // group), group_size=group,
+        num_minibatches=r.num_minibatches, max_steps=r.steps, save_every=r.save_every, eval_every=r.eval_every,
+        seed=r.seed, temperature=r.temperature,
+    )
+    tokenizer = _student_tokenizer(cfg, run)
+    teacher = load_model(cfg.teacher.model or run / "teacher") if guided else None
+    agent = AgentConfig(max_turns=cfg.agent.max_turns, top_k=cfg.agent.top_k, sampling=SamplingParams(max_new_tokens=r.max_new_tokens))
+    evaluate = _dev_em(cfg, run, tokenizer, r.eval_questions) if r.eval_every else None
+    last = train_rl(load_model(start), tokenizer, _questions(run, "train"), _store(cfg, run), agent, config, teacher=teacher, evaluate=evaluate)
+    final = out / "final"
+    write_store_record(final, store_dir(run))
+    log = read_log(out / METRICS_FILE)
+    keep = ("reward", "valid_action_rate", "search_count", "kl_wrong", "penalised_frac", "entropy", "response_length", "step_s")
+    return {
+        "start": str(start),
+        "train": {"steps": r.steps, "last": {k: last.get(k) for k in keep} if last else {}, "seconds": sum(e["step_s"] for e in log)},
+        "curve": [{"step": e["step"], "em": e["dev_em"]} for e in log if "dev_em" in e],
+        "test": evaluate_dir(cfg, run, final, f"rl ({method})"),
+    }
+
+
+def tested_models(cfg: PipelineConfig, run: Path) -> list[tuple[str, Path]]:
+    """(name, directory holding test.jsonl) of every model the run trained and tested, in pipeline order."""
+    models = [("base-student", run / "base" / "student"), ("teacher", run / "teacher")]
+    models += [(f"cold-start-{m}", run / "cold_start" / m) for m in dict.fromkeys([cfg.cold_start.method, *cfg.cold_start.baselines])]
+    if cfg.rl.steps:
+        models += [(m, run / "rl" / m / "final") for m in dict.fromkeys([cfg.rl.method, *cfg.rl.baselines])]
+    return [(name, path) for name, path in models if (path / "test.metrics.json").is_file()]
+
+
+def results_stage(cfg: PipelineConfig, run: Path) -> dict:
+    """The ARC report (``run/arc``) of every model the run tested, from their stored test trajectories:
+    the paper's tables (methods × data sources for EM, hit ratio, searches, evidence recall; EM given
+    the gold evidence) and charts. Returns each model's test EM."""
+    import json
+
+    from dgpo_agent.evals.harness import EvalConfig, describe_data
+    from dgpo_agent.evals.report import write_report
+    from dgpo_agent.training.evaluate import greedy_config
+
+    records = _questions(run, "test", cfg.eval.questions)
+    agent = greedy_config(cfg.agent.max_turns, cfg.agent.top_k, cfg.eval.max_new_tokens)
+    models = [
+        {"name": name, "model": str(path), "metrics": json.loads((path / "test.metrics.json").read_text())}
+        for name, path in tested_models(cfg, run)
+    ]
+    results = {"data": describe_data(records, world_dir(run) / "test.jsonl"), "settings": EvalConfig(agent).describe(), "models": models}
+    write_report(results, run / "arc")
+    return {m["name"]: {s: v["em"] for s, v in m["metrics"].items()} for m in models}
 
 
 def _train_summary(metrics: dict) -> dict:
