@@ -353,11 +353,22 @@ class RLTrainer:
     # ------------------------------------------------------------------------------ forward passes
 
     def _forward_logits(self, model: Any, batch: Batch) -> torch.Tensor:
-        """Next-token logits at positions 0 … L−2 (they score tokens 1 … L−1), over the shared
-        vocabulary, at the sampling temperature."""
-        with self.accelerator.autocast():
+        """(N, V) next-token logits for the N model tokens of ``batch`` (row-major order), over the
+        shared vocabulary, at the sampling temperature. Only those positions go through the LM head:
+        prompt and retrieved text need no logits, and the head dominates a small model's step."""
+        from dgpo_agent.training.distill import head_at
+
+        keep = torch.zeros_like(batch.mask, dtype=torch.bool)
+        keep[:, :-1] = batch.mask[:, 1:].bool()
+        with self.accelerator.autocast(), head_at(keep, model):
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        return logits[:, :-1, : self.vocab].float() / self.config.temperature
+        return logits[:, : self.vocab].float() / self.config.temperature
+
+    def _on_tokens(self, per_token: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """(N,) values for the model tokens → (B, L) indexed by token, 0 elsewhere."""
+        out = torch.zeros_like(batch.mask)
+        out[batch.mask.bool()] = per_token
+        return out
 
     def _values(self, critic: Any, batch: Batch) -> torch.Tensor:
         """V at each token: the critic's output on the tokens before it (shifted right by one)."""
@@ -366,7 +377,7 @@ class RLTrainer:
         return obj.to_tokens(out[:, :-1, 0].float())
 
     def _token_logprobs(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return obj.to_tokens(obj.gather_logprobs(logits, batch.input_ids[:, 1:]))
+        return self._on_tokens(obj.gather_logprobs(logits, batch.input_ids[batch.mask.bool()]), batch)
 
     def _micro_batches(self, index: torch.Tensor) -> Iterator[torch.Tensor]:
         yield from index.split(self.config.micro_batch_size)
@@ -383,14 +394,14 @@ class RLTrainer:
             logits = self._forward_logits(policy, micro)
             logp = self._token_logprobs(logits, micro)
             parts["logp"].append(logp)
-            parts["entropy"].append(obj.to_tokens(obj.entropy(logits)))
+            parts["entropy"].append(self._on_tokens(obj.entropy(logits), micro))
             if critic is not None:
                 parts["values"].append(self._values(critic, micro))
             if self.teacher is not None:
                 started = _synced_time()
                 teacher_logits = self._forward_logits(self.teacher, micro)
                 if self.config.kl_estimator == "full":
-                    kl = obj.to_tokens(obj.full_kl(logits, teacher_logits))
+                    kl = self._on_tokens(obj.full_kl(logits, teacher_logits), micro)
                 else:
                     kl = obj.sampled_kl(logp, self._token_logprobs(teacher_logits, micro), self.config.kl_estimator)
                 parts["kl"].append(kl * micro.mask)
@@ -458,7 +469,7 @@ class RLTrainer:
         logp = self._token_logprobs(logits, micro)
         old_logp = scored.logp[index]
         per_token, clipped = obj.clipped_policy_loss(logp, old_logp, advantages[index], cfg.clip_range)
-        objective = per_token - cfg.entropy_coef * obj.to_tokens(obj.entropy(logits)) if cfg.entropy_coef else per_token
+        objective = per_token - cfg.entropy_coef * self._on_tokens(obj.entropy(logits), micro) if cfg.entropy_coef else per_token
         acc.backward((objective * mask).sum() / tokens)
         terms = {
             "pg_loss": ((per_token * mask).sum() / tokens).item(),
