@@ -101,7 +101,10 @@ def train(
 
     cfg = load_config(preset, config, out)
     _quiet_transformers()
-    run_pipeline(cfg, stop_after=stop_after)
+    summaries = run_pipeline(cfg, stop_after=stop_after)
+    if "results" in summaries:
+        _print_summary("test EM (greedy, entity-disjoint test split)", {m: em["all"] for m, em in summaries["results"].items()})
+    typer.echo(f"report written to {Path(cfg.out) / 'report.md'}")
 
 
 @app.command()
@@ -200,10 +203,14 @@ def serve(
 
 
 def _quiet_transformers() -> None:
-    """A pipeline run owns its process: its rich progress replaces transformers' per-load bars."""
+    """A pipeline run owns its process: its rich progress replaces transformers' per-load bars, and
+    accelerate's note on every RL checkpoint that tied embeddings are saved once is dropped."""
+    import logging
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
 def _print_summary(title: str, summary: dict) -> None:

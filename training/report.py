@@ -50,12 +50,12 @@ def write_report(run: Path, summaries: dict[str, dict]) -> Path:
 
 
 def em_table(rows: dict[str, dict]) -> list[str]:
-    """Models × data sources (``all`` last), EM to three decimals."""
+    """Models × data sources (``all`` last), EM to three decimals, and the questions scored."""
     sources = sorted({s for m in rows.values() for s in m} - {"all"}) + ["all"]
-    table = ["| model | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
+    table = ["| model | " + " | ".join(sources) + " | n |", "|---|" + "---|" * (len(sources) + 1)]
     for name, by_source in rows.items():
         cells = [f"{by_source[s]['em']:.3f}" if s in by_source else "–" for s in sources]
-        table.append(f"| {name} | " + " | ".join(cells) + " |")
+        table.append(f"| {name} | " + " | ".join(cells) + f" | {by_source.get('all', {}).get('n', '–')} |")
     return table
 
 

@@ -78,14 +78,18 @@ def _policy(model_dir: str | Path, tokenizer: Any | None = None) -> Any:
     return TransformersPolicy(load_model(model_dir).eval(), tokenizer)
 
 
-def evaluate_dir(cfg: PipelineConfig, run: Path, model_dir: str | Path, label: str, out: Path | None = None) -> dict:
-    """Greedy test metrics of the model in ``model_dir``; trajectories in ``<out or model_dir>/test.jsonl``."""
+def evaluate_dir(
+    cfg: PipelineConfig, run: Path, model_dir: str | Path, label: str, out: Path | None = None, questions: int | None = None
+) -> dict:
+    """Greedy test metrics of the model in ``model_dir`` on the first ``cfg.eval.questions`` test
+    questions (or fewer, ``questions``); trajectories in ``<out or model_dir>/test.jsonl``."""
     from dgpo_agent.training.evaluate import evaluate_policy, greedy_config
 
     agent = greedy_config(cfg.agent.max_turns, cfg.agent.top_k, cfg.eval.max_new_tokens)
     path = Path(out or model_dir) / "test.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    records = _questions(run, "test", cfg.eval.questions)
+    limits = [n for n in (cfg.eval.questions, questions) if n is not None]
+    records = _questions(run, "test", min(limits) if limits else None)
     return evaluate_policy(_policy(model_dir), records, _store(cfg, run), agent, path, label=f"test {label}")
 
 
@@ -157,7 +161,7 @@ def base_stage(cfg: PipelineConfig, run: Path) -> dict:
             )
             summary[role] = {"params": count_params(model), **pretrain(model, tokenizer, corpus, settings)}
         summary["source"] = "trained"
-    summary["student_test"] = evaluate_dir(cfg, run, run / "base" / "student", "base student")
+    summary["student_test"] = evaluate_dir(cfg, run, run / "base" / "student", "base student", questions=cfg.eval.base_questions)
     return summary
 
 
@@ -325,14 +329,14 @@ def _rl(cfg: PipelineConfig, run: Path, method: str) -> dict:
     teacher = load_model(cfg.teacher.model or run / "teacher") if guided else None
     agent = AgentConfig(max_turns=cfg.agent.max_turns, top_k=cfg.agent.top_k, sampling=SamplingParams(max_new_tokens=r.max_new_tokens))
     evaluate = _dev_em(cfg, run, tokenizer, r.eval_questions) if r.eval_every else None
-    last = train_rl(load_model(start), tokenizer, _questions(run, "train"), _store(cfg, run), agent, config, teacher=teacher, evaluate=evaluate)
+    train_rl(load_model(start), tokenizer, _questions(run, "train"), _store(cfg, run), agent, config, teacher=teacher, evaluate=evaluate)
     final = out / "final"
     write_store_record(final, store_dir(run))
-    log = read_log(out / METRICS_FILE)
-    keep = ("reward", "valid_action_rate", "search_count", "kl_wrong", "penalised_frac", "entropy", "response_length", "step_s")
+    log = read_log(out / METRICS_FILE)  # the whole run's, also when this call only resumed its end
+    keep = ("reward", "valid_action_rate", "search_count", "kl_wrong", "penalised_frac", "entropy", "response_length")
     return {
         "start": str(start),
-        "train": {"steps": r.steps, "last": {k: last.get(k) for k in keep} if last else {}, "seconds": sum(e["step_s"] for e in log)},
+        "train": {"steps": r.steps, "last": {k: log[-1].get(k) for k in keep}, "seconds": round(sum(e["step_s"] for e in log), 1)},
         "curve": [{"step": e["step"], "em": e["dev_em"]} for e in log if "dev_em" in e],
         "test": evaluate_dir(cfg, run, final, f"rl ({method})"),
     }
