@@ -68,6 +68,19 @@ def test_tags_and_chat_markers_are_single_tokens(tokenizer):
     assert len(tokenizer) <= VOCAB and tokenizer.eos_token == tokenizer.pad_token == EOS
 
 
+def test_every_year_of_the_world_is_one_token_and_other_numbers_still_encode(tokenizer, texts):
+    """Split digit by digit, a year is four tokens shared with every other year, and the first teacher
+    wrote invented years; one token per year is what makes it copyable like a name."""
+    import re
+
+    years = {y for text in texts for y in re.findall(r"\b\d{4}\b", text)}
+    assert len(years) > 50
+    for year in years:
+        assert tokenizer.tokenize(f"in the year {year}.")[-2:] == [year, "."]
+    for text in ("born in 1875 or 12345", "Founded in the year 1985, X"):
+        assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+
+
 def test_protocol_text_round_trips_and_keeps_tags_when_special_tokens_are_skipped(tokenizer):
     ids = tokenizer.encode(TRAJECTORY + EOS, add_special_tokens=False)
     assert tokenizer.decode(ids) == TRAJECTORY + EOS

@@ -60,7 +60,7 @@ class TeacherSettings:
     checkpoint (a Search-R1 PPO model at real scale), used as is."""
 
     model: str | None = None
-    steps: int = 2000
+    steps: int = 3000  # at 2,000 the dev EM was still rising (0.60 at 1,300) and the loss still falling
     batch_size: int = 8
     lr: float = 1e-3
     lm_fraction: float = 0.2  # share of SFT examples drawn from the pretraining stream (keeps copying alive)

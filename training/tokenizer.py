@@ -1,7 +1,11 @@
 """The world tokenizer: a byte-level BPE trained on the world's passages and the protocol's text.
 
 It is trained with entity names in the text, so a name is a few tokens rather than a dozen bytes (the
-tiny-world notes found that tiny models copy such names far better). The protocol tags are single tokens that are not
+tiny-world notes found that tiny models copy such names far better). For the same reason every
+four-digit number in the texts (the world's years) is one token: split digit by digit, as Qwen2's
+pre-tokeniser does, a year is four tokens that recur in every other year, and the first teacher trained
+on them copied the right documents' names but wrote invented years (test EM 0.06 on "what year"
+questions against 0.76 on "who/where" ones). The protocol tags are single tokens that are not
 "special": Qwen3 marks ``<think>`` the same way, so a decode with ``skip_special_tokens=True`` (what
 TRL and vLLM use by default) keeps them and ``parse_action`` still sees the action.
 """
@@ -32,6 +36,7 @@ CHAT_TEMPLATE = (
 
 # Tags and chat markers are cut out of the training text, so no merges are spent on their pieces.
 _RESERVED_RE = re.compile("|".join(re.escape(t) for t in (EOS, *CHAT_TOKENS, *TAG_TOKENS)))
+_YEAR_RE = re.compile(r"(?<!\d)\d{4}(?!\d)")
 
 
 def world_texts(corpus: Iterable[dict], questions: Iterable[str] = ()) -> Iterator[str]:
@@ -52,7 +57,8 @@ def train_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on ``texts`` (deterministic for the same texts), saved to ``out_dir`` if given.
 
-    Ids 0-10 are EOS (also pad), the two chat markers and the eight protocol tags. Normalisation and
+    Ids 0-10 are EOS (also pad), the two chat markers and the eight protocol tags; each four-digit number
+    of the texts is added as one (non-special) token after the BPE vocabulary. Normalisation and
     pre-tokenisation are Qwen2's (digits one by one): ``AutoTokenizer`` loads any directory holding a Qwen2
     config as a ``Qwen2Tokenizer``, which rebuilds that pipeline around the saved vocabulary, so anything
     else would tokenize differently once saved beside a model.
@@ -70,14 +76,17 @@ def train_tokenizer(
         ]
     )
     bpe.decoder = decoders.ByteLevel()
+    texts = list(texts)
+    years = sorted({year for text in texts for year in _YEAR_RE.findall(text)})
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size - len(years),
         special_tokens=[EOS, *CHAT_TOKENS, *TAG_TOKENS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     bpe.train_from_iterator((piece for text in texts for piece in _RESERVED_RE.split(text)), trainer=trainer)
     bpe.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in TAG_TOKENS])
+    bpe.add_tokens([AddedToken(year, special=False, normalized=False) for year in years])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         eos_token=EOS,
