@@ -17,7 +17,7 @@ import torch
 from dgpo_agent import protocol
 from dgpo_agent.backends import Context, Policy, SamplingParams, context_ids, load_policy
 from dgpo_agent.backends.openai_server import OpenAICompletionsPolicy
-from dgpo_agent.backends.transformers import TransformersPolicy, kept_length
+from dgpo_agent.backends.transformers import TransformersPolicy, continued_rows, kept_length
 from dgpo_agent.backends.vllm_engine import VLLMPolicy, sampling_kwargs
 from dgpo_agent.errors import DGPOError
 from tests.models import tiny_qwen2, tiny_tokenizer
@@ -72,6 +72,93 @@ def test_batched_greedy_equals_one_at_a_time(policy, multi_turn_contexts):
     assert [b.text for b in batched] == [a.text for a in alone]
     for b, a in zip(batched, alone):
         assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+
+
+def continue_with_observation(contexts: list[Context], completions: list, text: str) -> list[Context]:
+    """The next turn's contexts: each context plus its completion and an environment observation."""
+    return [
+        Context(c.question, [*c.segments, {"role": "model", "text": r.text, "ids": r.token_ids}, {"role": "env", "text": text + c.question, "ids": None}])
+        for c, r in zip(contexts, completions)
+    ]
+
+
+def prefill_widths(model) -> tuple[list[int], object]:
+    """Record the sequence length of every forward pass that encodes more than one token (a prefill)."""
+    widths: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    return widths, handle
+
+
+def test_a_continued_batch_encodes_only_its_new_tokens_and_generates_the_same(policy):
+    """Prefix caching: the next turn of some of the last call's contexts (finished ones dropped) reuses
+    their cache, prefilling only the completion and the observation, with the same greedy result as a
+    policy that encodes everything."""
+    cached, plain = TransformersPolicy(policy.model, policy.tokenizer), TransformersPolicy(policy.model, policy.tokenizer, prefix_caching=False)
+    contexts = [Context(q, [policy.prompt(q)]) for q in QUESTIONS]
+    first = cached.generate(contexts, GREEDY)
+    assert [r.token_ids for r in first] == [r.token_ids for r in plain.generate(contexts, GREEDY)]
+    kept = [0, 2, 3, 5]  # trajectories 1 and 4 finished
+    following = continue_with_observation([contexts[i] for i in kept], [first[i] for i in kept], protocol.information([]))
+    widths, handle = prefill_widths(policy.model)
+    try:
+        second = cached.generate(following, GREEDY)
+    finally:
+        handle.remove()
+    full = max(len(context_ids(c, policy.encode)) for c in following)
+    new = max(len(context_ids(c, policy.encode)) - len(context_ids(contexts[i], policy.encode)) for c, i in zip(following, kept))
+    assert widths[0] == new < full / 2
+    expected = plain.generate(following, GREEDY)
+    assert [r.token_ids for r in second] == [r.token_ids for r in expected]
+    for got, want in zip(second, expected):
+        assert got.logprobs == pytest.approx(want.logprobs, abs=1e-4)
+
+
+def test_a_cache_is_never_reused_after_the_weights_change_or_for_other_contexts(policy):
+    model = copy.deepcopy(policy.model)
+    cached = TransformersPolicy(model, policy.tokenizer)
+    contexts = [Context(q, [policy.prompt(q)]) for q in QUESTIONS[:3]]
+    first = cached.generate(contexts, GREEDY)
+    following = continue_with_observation(contexts, first, protocol.information([]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    model(input_ids=torch.tensor([contexts[0].segments[0]["ids"]])).logits.sum().backward()
+    optimizer.step()
+    widths, handle = prefill_widths(model)
+    try:
+        after_update = cached.generate(following, GREEDY)
+        cached.generate([Context("other", [policy.prompt("a question never asked")])], GREEDY)
+    finally:
+        handle.remove()
+    assert widths[0] == max(len(context_ids(c, policy.encode)) for c in following)  # everything re-encoded
+    assert [r.token_ids for r in after_update] == [r.token_ids for r in TransformersPolicy(model, policy.tokenizer).generate(following, GREEDY)]
+
+
+@pytest.mark.parametrize(
+    "previous, rows, picks",
+    [
+        ([[1, 2], [3, 4], [5]], [[1, 2, 9], [5, 6, 7]], [0, 2]),  # finished rows dropped, order kept
+        ([[1, 2]], [[1, 2]], None),  # nothing new to encode
+        ([[1, 2], [3]], [[3, 1], [1, 2, 3]], None),  # out of order
+        ([[1, 2]], [[1, 3, 4]], None),  # diverged
+        ([], [[1]], None),
+    ],
+)
+def test_continued_rows(previous, rows, picks):
+    assert continued_rows(previous, rows) == picks
+
+
+def test_growing_cache_generates_exactly_what_transformers_dynamic_cache_does(policy):
+    from transformers import DynamicCache
+
+    from dgpo_agent.backends.kv_cache import GrowingCache
+
+    ids = torch.tensor([policy.prompt(q)["ids"][-12:] for q in QUESTIONS])
+    runs = [
+        policy.model.generate(input_ids=ids, cache=cache, max_new_tokens=20, do_sample=False, return_dict_in_generate=True, output_logits=True, pad_token_id=0)
+        for cache in (GrowingCache(), DynamicCache())
+    ]
+    assert torch.equal(runs[0].sequences, runs[1].sequences)
+    for a, b in zip(runs[0].logits, runs[1].logits):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_prompt_uses_chat_template(policy):
@@ -143,6 +230,7 @@ def test_token_ids_and_greedy_logprobs_round_trip(policy, multi_turn_contexts):
 
 
 def test_model_segments_are_fed_as_sampled_ids(policy, monkeypatch):
+    policy = TransformersPolicy(policy.model, policy.tokenizer)  # no cache from earlier calls: the whole context is fed
     text = "The capital of France is Paris."
     merged = policy.encode(text)
     by_byte = [i for ch in text for i in policy.encode(ch)]

@@ -2,11 +2,22 @@
 
 Every context is continued as raw token ids (the same assistant turn, never a new chat message), in one
 left-padded batch. The completion keeps exactly the ids the model sampled and their log-probs.
+
+**Prefix caching.** An agent's next turn continues the context of its last one. The policy keeps the
+KV cache of its last call, and a call whose contexts each extend one of that call's contexts (same
+token ids, same order, a subset: finished trajectories drop out) encodes only the new tokens (the
+model's last turn and the retrieved documents) instead of the whole context again, as vLLM's
+automatic prefix caching does. Anything else, or weights changed in place since (an optimizer step),
+starts from an empty cache; results are the same either way up to float rounding. The cache grows in
+place (``kv_cache.GrowingCache``) instead of being concatenated at every decoding step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -18,16 +29,31 @@ if TYPE_CHECKING:
     import torch
 
 
-class TransformersPolicy(TokenPolicy):
-    """A causal LM and its tokenizer, generating with ``model.generate``."""
+@dataclass
+class _Prefix:
+    """What the last call left in the cache: each row's context ids, and the padded batch they form."""
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+    rows: list[list[int]]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    cache: Any
+    weights_version: int
+
+
+class TransformersPolicy(TokenPolicy):
+    """A causal LM and its tokenizer, generating with ``model.generate``; ``prefix_caching`` reuses the
+    last call's KV cache for contexts that continue it (see the module docstring)."""
+
+    def __init__(self, model: Any, tokenizer: Any, prefix_caching: bool = True) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = model.device
         self.eos_ids = _eos_ids(model.generation_config, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else tokenizer.eos_token_id
+        self.prefix_caching = prefix_caching
+        self._prefix: _Prefix | None = None
+        self._lock = threading.Lock()  # one generation at a time: calls share the cache
 
     @classmethod
     def from_pretrained(
@@ -62,16 +88,54 @@ class TransformersPolicy(TokenPolicy):
         import torch
 
         rows = self.rows(contexts, params.max_new_tokens, getattr(self.model.config, "max_position_embeddings", None))
-        input_ids, attention_mask = _left_pad(rows, self.pad_id, self.device)
-        with torch.no_grad(), _seeded(params.seed, self.device):
+        with self._lock, torch.no_grad(), _seeded(params.seed, self.device):
+            input_ids, attention_mask, cache = self._inputs(rows)
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
+                **{_cache_kwarg(): cache},
                 **self._generate_kwargs(params),
             )
+            if self.prefix_caching:
+                self._remember(rows, input_ids, attention_mask, getattr(out, _cache_kwarg()))
         new = out.sequences[:, input_ids.shape[1] :]
         logprobs = _sampled_logprobs(out.logits if params.greedy else out.scores, new)
         return [self._completion(ids, lps, params.stop) for ids, lps in zip(new.tolist(), logprobs.tolist())]
+
+    def _inputs(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """The padded batch to continue and the cache that already holds its prefix (or an empty one).
+
+        Continued rows keep their cached positions; their new tokens are left-padded after them, so
+        the attention mask has holes, which position ids (its cumulative sum) and attention both skip.
+        """
+        import torch
+
+        prefix, self._prefix = self._prefix, None  # never kept across a call: a failed one leaves no stale cache
+        picks = None
+        if prefix is not None and prefix.weights_version == self._weights_version():
+            picks = continued_rows(prefix.rows, rows)
+        if picks is None:
+            input_ids, attention_mask = _left_pad(rows, self.pad_id, self.device)
+            return input_ids, attention_mask, _empty_cache(self.model)
+        index = torch.tensor(picks, device=self.device)
+        prefix.cache.batch_select_indices(index)
+        new_ids, new_mask = _left_pad([row[len(prefix.rows[j]) :] for row, j in zip(rows, picks)], self.pad_id, self.device)
+        input_ids = torch.cat([prefix.input_ids[index], new_ids], dim=1)
+        attention_mask = torch.cat([prefix.attention_mask[index], new_mask], dim=1)
+        return input_ids, attention_mask, prefix.cache
+
+    def _remember(self, rows: list[list[int]], input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any) -> None:
+        """Keep the cache of the contexts only: generated tokens are dropped from it (finished rows
+        went on decoding padding, and a row's kept completion is re-encoded with its next context)."""
+        extra = cache.get_seq_length() - input_ids.shape[1]
+        if extra > 0:
+            cache.crop(-extra)
+        self._prefix = _Prefix(rows, input_ids, attention_mask, cache, self._weights_version())
+
+    def _weights_version(self) -> int:
+        """Changes whenever a parameter is modified in place (an optimizer step), so a cache computed
+        with older weights is never reused."""
+        return sum(p._version for p in self.model.parameters())
 
     def _generate_kwargs(self, params: SamplingParams) -> dict[str, Any]:
         """Explicit decoding settings, so a checkpoint's generation_config (top_k, penalties) never leaks in."""
@@ -118,6 +182,40 @@ def kept_length(ids: list[int], eos_ids: set[int], stop: Sequence[str], decode: 
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if has_stop(mid) else (mid + 1, hi)
     return lo
+
+
+def continued_rows(previous: list[list[int]], rows: list[list[int]]) -> list[int] | None:
+    """For each row, the index of the previous row it extends by at least one token, in order; None if
+    some row extends none. The batched runner keeps its unfinished trajectories in order, so one pass
+    matches them."""
+    picks, j = [], 0
+    for row in rows:
+        while j < len(previous) and not (len(previous[j]) < len(row) and row[: len(previous[j])] == previous[j]):
+            j += 1
+        if j == len(previous):
+            return None
+        picks.append(j)
+        j += 1
+    return picks
+
+
+def _empty_cache(model: Any) -> Any:
+    """A cache that grows in place; models with sliding-window layers keep transformers' own."""
+    from transformers import DynamicCache
+
+    if getattr(model.config, "sliding_window", None) and getattr(model.config, "use_sliding_window", True):
+        return DynamicCache(config=model.config)
+    from dgpo_agent.backends.kv_cache import GrowingCache
+
+    return GrowingCache()
+
+
+@functools.cache
+def _cache_kwarg() -> str:
+    """transformers 5.x renamed ``past_key_values`` to ``cache`` in ``generate`` and its output."""
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+    return "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 
 def _eos_ids(*sources: Any) -> set[int]:
