@@ -107,6 +107,23 @@ def test_selective_kl_penalises_only_wrong_rollouts(tok, tmp_path):
     assert last["wrong_frac"] == last["penalised_frac"] == 1.0
 
 
+@pytest.mark.parametrize("kl_on, estimator, teacher_rows", [("wrong", "k1", [1, 3]), ("none", "k3", [1, 3]), ("all", "k1", [0, 1, 2, 3]), ("wrong", "full", [1, 3])])
+def test_the_teacher_runs_only_on_the_rollouts_whose_kl_is_used(tok, tmp_path, kl_on, estimator, teacher_rows):
+    """Correct rollouts get no KL, so the teacher's forward pass skips them (all rollouts under kl_on: all)."""
+    rl = trainer(tok, rl_config(tmp_path, kl_on=kl_on, kl_estimator=estimator, micro_batch_size=1))
+    trajectories = [TokenTrajectory([1, 2, 3], [4 + i, 5, 6, 7], [0, 1, 1, 0], None) for i in range(4)]
+    batch = pack(trajectories, pad_id=0)
+    seen = []
+    hook = rl.teacher.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["input_ids"][0, 3].item() - 4), with_kwargs=True)
+    with torch.no_grad():
+        scored = rl._score(batch, torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    hook.remove()
+    assert seen == teacher_rows and scored.teacher_s > 0
+    assert scored.kl[[i for i in range(4) if i not in teacher_rows]].abs().sum() == 0
+    assert (scored.kl[teacher_rows] * (1 - batch.mask[teacher_rows])).abs().sum() == 0  # retrieved and prompt tokens: none
+    assert (scored.kl[teacher_rows] != 0).sum() == batch.mask[teacher_rows].sum()
+
+
 def test_grpo_baseline_without_teacher(tok, tmp_path):
     config = rl_config(tmp_path, algorithm="grpo", group_size=2, max_steps=1)
     last = trainer(tok, config, teacher=False).train()

@@ -293,7 +293,7 @@ class RLTrainer:
         scores = torch.tensor([s["reward"] for s in stats], device=acc.device)
         batch = pack([token_trajectory(s) for s in states], self.pad_id, acc.device)
         with torch.no_grad():
-            scored = self._score(batch)
+            scored = self._score(batch, scores)
         advantages, returns, penalised = self._advantages(batch, scores, scored)
         losses = self._update(batch, scored, advantages, returns, step)
         for scheduler in self.schedulers:
@@ -380,34 +380,49 @@ class RLTrainer:
         return self._on_tokens(obj.gather_logprobs(logits, batch.input_ids[batch.mask.bool()]), batch)
 
     def _micro_batches(self, index: torch.Tensor) -> Iterator[torch.Tensor]:
-        yield from index.split(self.config.micro_batch_size)
+        if index.numel():
+            yield from index.split(self.config.micro_batch_size)
 
-    def _score(self, batch: Batch) -> _Scored:
+    def _score(self, batch: Batch, scores: torch.Tensor) -> _Scored:
         """The rollout-time quantities, without gradients: old log-probs and entropy (recomputed with
-        the training forward, so the first PPO ratio is exactly 1), values, and the teacher's KL."""
+        the training forward, so the first PPO ratio is exactly 1), values, and the teacher's KL on
+        the rollouts that need it."""
         policy = self.accelerator.unwrap_model(self.model)
         critic = self.accelerator.unwrap_model(self.critic) if self.critic is not None else None
-        parts: dict[str, list[torch.Tensor]] = {"logp": [], "entropy": [], "values": [], "kl": []}
-        teacher_s = 0.0
+        parts: dict[str, list[torch.Tensor]] = {"logp": [], "entropy": [], "values": []}
         for index in self._micro_batches(torch.arange(batch.input_ids.shape[0], device=self.accelerator.device)):
             micro = batch.rows(index)
             logits = self._forward_logits(policy, micro)
-            logp = self._token_logprobs(logits, micro)
-            parts["logp"].append(logp)
+            parts["logp"].append(self._token_logprobs(logits, micro))
             parts["entropy"].append(self._on_tokens(obj.entropy(logits), micro))
             if critic is not None:
                 parts["values"].append(self._values(critic, micro))
-            if self.teacher is not None:
-                started = _synced_time()
-                teacher_logits = self._forward_logits(self.teacher, micro)
-                if self.config.kl_estimator == "full":
-                    kl = self._on_tokens(obj.full_kl(logits, teacher_logits), micro)
-                else:
-                    kl = obj.sampled_kl(logp, self._token_logprobs(teacher_logits, micro), self.config.kl_estimator)
-                parts["kl"].append(kl * micro.mask)
-                teacher_s += _synced_time() - started
         joined = {k: torch.cat(v) if v else None for k, v in parts.items()}
-        return _Scored(joined["logp"], joined["entropy"], joined["values"], joined["kl"], teacher_s)
+        kl, teacher_s = self._teacher_kl(batch, joined["logp"], scores) if self.teacher is not None else (None, 0.0)
+        return _Scored(joined["logp"], joined["entropy"], joined["values"], kl, teacher_s)
+
+    def _teacher_kl(self, batch: Batch, logp: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Per-token KL to the teacher (0 elsewhere) and the seconds its forward passes took.
+
+        The teacher runs only on the rollouts whose KL is used: the wrong ones (penalised by DGPO,
+        and logged as ``kl_wrong`` by every variant), or all of them under ``kl_on: all``. At a
+        reward rate r this skips a share r of the teacher's work.
+        """
+        cfg = self.config
+        needed = torch.ones_like(scores, dtype=torch.bool) if cfg.kl_on == "all" else scores < cfg.reward_threshold
+        kl = torch.zeros_like(batch.mask)
+        teacher_s = 0.0
+        policy = self.accelerator.unwrap_model(self.model)
+        for index in self._micro_batches(needed.nonzero().squeeze(1)):
+            micro = batch.rows(index)
+            started = _synced_time()
+            teacher_logits = self._forward_logits(self.teacher, micro)
+            if cfg.kl_estimator != "full":
+                kl[index] = obj.sampled_kl(logp[index], self._token_logprobs(teacher_logits, micro), cfg.kl_estimator) * micro.mask
+            teacher_s += _synced_time() - started
+            if cfg.kl_estimator == "full":
+                kl[index] = self._on_tokens(obj.full_kl(self._forward_logits(policy, micro), teacher_logits), micro)
+        return kl, teacher_s
 
     # ------------------------------------------------------------------------------ advantages and update
 
