@@ -7,8 +7,11 @@ model tokens only, 20% of examples from the pretraining stream, as the teacher s
 measure greedy test EM through the batched graph on the entity-disjoint test split, and the copy
 probe on fresh names.
 
-    dgpo-agent train --stop-after oracle          # the world, its store and the demonstrations
+    dgpo-agent train --stop-after index           # the world and its store
     OMP_NUM_THREADS=1 python bench/copy_curriculum.py --run runs/tiny --seeds 0 1 --arms copy control
+
+The oracle's training demonstrations are the run's (``oracle/train.jsonl``, written when a run trains
+its own teacher) or, when the run has none, rolled out once into ``--work``.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
         model, tokenizer, corpus,
         PretrainConfig(steps=args.pretrain_steps, copy_fraction=ARMS[arm], seed=seed, save_dir=str(work / "base")),
     )
-    sft = supervised(model, tokenizer, corpus, args.run / "oracle" / "train.jsonl", args.sft_steps, ARMS[arm], seed, work / "sft")
+    sft = supervised(model, tokenizer, corpus, demonstrations(args.run, args.work), args.sft_steps, ARMS[arm], seed, work / "sft")
     fresh = NameGenerator(10_000 + seed, reserved={r["title"] for r in corpus})
     return {
         "arm": arm,
@@ -69,6 +72,20 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
         "copy_accuracy": copy_accuracy(model, tokenizer, fresh, n=100),
         "test": evaluate(model, tokenizer, world, args.eval_n, work / "test.jsonl"),
     }
+
+
+def demonstrations(run: Path, work: Path) -> Path:
+    """The oracle's trajectories over the training questions: the run's, or rolled out here once (resumable)."""
+    if (run / "oracle" / "train.jsonl").is_file():
+        return run / "oracle" / "train.jsonl"
+    from dgpo_agent.rollout import AgentConfig
+    from dgpo_agent.store import ChromaStore
+    from dgpo_agent.training.rollouts import rollout_records
+    from dgpo_agent.world import OraclePolicy, load_questions
+
+    path, records = work / "oracle-train.jsonl", load_questions(run / "world" / "train.jsonl")
+    rollout_records(records, OraclePolicy(), ChromaStore(run / "world" / "chroma", must_exist=True), AgentConfig(), path, label="oracle train")
+    return path
 
 
 def world_tokenizer(world: Path, corpus: list[dict]):
