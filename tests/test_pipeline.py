@@ -34,6 +34,7 @@ def test_scratch_pipeline_runs_caches_and_reports(tmp_path):
     assert list(summaries) == ["world", "index", "oracle", "tokenizer", "base", "teacher"]
     assert summaries["index"]["passages"] == sum(1 for _ in (tmp_path / "run/world/corpus.jsonl").open())
     assert summaries["oracle"]["test"]["em"] >= 0.9 and summaries["oracle"]["test"]["evidence_recall"] >= 0.95
+    assert list(summaries["oracle"]) == ["train", "dev", "test"]  # the teacher trains on the train demonstrations
     assert summaries["tokenizer"] == {"source": "trained", "vocab": 1024}
     base = summaries["base"]
     assert base["student"]["steps"] == base["teacher"]["steps"] == 40
@@ -148,6 +149,7 @@ def test_smoke_preset_runs_the_default_path_end_to_end(tmp_path):
     cfg = load_config("smoke", out=tmp_path / "run")
     summaries = run_pipeline(cfg)
     assert list(summaries) == ["world", "index", "oracle", "tokenizer", "base", "teacher", "tgo", "cold-start", "rl", "results"]
+    assert list(summaries["oracle"]) == ["dev", "test"]  # a shipped teacher needs no demonstrations
     assert summaries["tokenizer"]["source"] == summaries["base"]["source"] == summaries["teacher"]["source"] == "shipped"
     assert summaries["base"]["student_test"]["all"]["n"] == summaries["teacher"]["test"]["all"]["n"] == 60
     assert summaries["base"]["student_test"]["all"]["em"] <= 0.05

@@ -14,6 +14,7 @@ from dgpo_agent.training.config import load_config
 from tests.models import tiny_qwen2, tiny_tokenizer
 
 SCORES = {"all": {"n": 2, "em": 0.5}}
+FULL_METRICS = {"all": {"n": 2, "em": 0.5, "hit": 1.0}, "world_single": {"n": 2, "em": 0.5, "hit": 1.0}}
 
 
 @pytest.fixture
@@ -27,6 +28,7 @@ def prepared(small_world, tmp_path):
     for sub in ("base/student", "teacher"):
         tiny_qwen2(tok).save_pretrained(run / sub)
         tok.save_pretrained(run / sub)
+        (run / sub / "test.metrics.json").write_text(json.dumps(FULL_METRICS))
     (run / ".stages").mkdir()
     (run / ".stages" / "teacher.json").write_text(json.dumps({"fingerprint": "f", "seconds": 12.5, "summary": {}}))
     return run
@@ -56,6 +58,21 @@ def test_export_then_install_round_trips_every_part(prepared, tmp_path):
         starting_point.install(cfg, run, part, run / sub, assets=assets)
         assert (run / sub / "config.json").is_file() or part == "tokenizer"
     assert (run / "teacher" / "model.safetensors").read_bytes() == (prepared / "teacher" / "model.safetensors").read_bytes()
+
+
+def test_recorded_test_metrics_are_reused_only_with_the_settings_they_were_scored_with(prepared, tmp_path):
+    cfg = small_world_config(prepared)
+    assets = tmp_path / "assets"
+    starting_point.export(cfg, prepared, {"base": {"student_test": SCORES}, "teacher": {"test": SCORES}}, "cmd", dest=assets)
+    assert "teacher/test.metrics.json" in json.loads((assets / "record.json").read_text())["files"]
+    starting_point.install(cfg, prepared, "teacher", tmp_path / "t", assets=assets)
+    assert starting_point.recorded_test(cfg, tmp_path / "t", assets=assets) == FULL_METRICS
+    for change in (lambda c: setattr(c.eval, "questions", 7), lambda c: setattr(c.agent, "top_k", 5)):
+        other = small_world_config(prepared)
+        change(other)
+        assert starting_point.recorded_test(other, tmp_path / "t", assets=assets) is None
+    (tmp_path / "t" / "test.metrics.json").unlink()
+    assert starting_point.recorded_test(cfg, tmp_path / "t", assets=assets) is None
 
 
 def test_install_refuses_another_world_and_changed_files(prepared, tmp_path):

@@ -1,8 +1,9 @@
 """The oracle stage: expert demonstrations through the real graph logic and store.
 
-The scripted oracle answers every split with the batched runner (real searches, real documents).
-Its trajectories are the demonstrations a teacher is trained on, and its test EM is the ceiling any
-model can reach in this world.
+The scripted oracle answers the world's questions with the batched runner (real searches, real
+documents). Its training trajectories are the demonstrations a teacher is trained on, so they are
+rolled out only when the run trains its teacher; its dev and test EM are the ceiling any model can
+reach in this world.
 """
 
 from __future__ import annotations
@@ -18,8 +19,15 @@ from dgpo_agent.training.rollouts import rollout_records
 SPLITS = ("train", "dev", "test")
 
 
+def demonstration_splits(cfg: PipelineConfig) -> tuple[str, ...]:
+    """Every split when the run trains its teacher (from the training demonstrations); else dev and test."""
+    trains_teacher = cfg.starting_point == "scratch" and not cfg.teacher.model
+    return SPLITS if trains_teacher else SPLITS[1:]
+
+
 def write_demonstrations(world: Path, store: Path, out: Path, cfg: PipelineConfig) -> dict:
-    """Roll the oracle out over every split; write trajectories (JSONL) and metrics per data source."""
+    """Roll the oracle out over the splits the run needs; write trajectories (JSONL) and metrics per
+    data source."""
     from dgpo_agent.store import ChromaStore
     from dgpo_agent.world import OraclePolicy, load_questions
 
@@ -27,7 +35,7 @@ def write_demonstrations(world: Path, store: Path, out: Path, cfg: PipelineConfi
     agent_cfg = AgentConfig(max_turns=cfg.agent.max_turns, top_k=cfg.agent.top_k)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {}
-    for split in SPLITS:
+    for split in demonstration_splits(cfg):
         records = load_questions(world / f"{split}.jsonl")
         path = out / f"{split}.jsonl"
         rows = rollout_records(records, policy, retriever, agent_cfg, path, label=f"oracle {split}")

@@ -27,6 +27,11 @@ def evaluate_policy(policy: Any, records: list[dict], retriever: Any, config: Ag
     rows = evaluate(records, policy, retriever, EvalConfig(config), path, label=label)
     full = metrics(rows)
     path.with_suffix(".metrics.json").write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+    return headline(full)
+
+
+def headline(full: dict[str, dict]) -> dict[str, dict]:
+    """The metrics every stage summary reports, per data source, from the harness's full metrics."""
     return {source: {k: m[k] for k in SUMMARY_KEYS if k in m} for source, m in full.items()}
 
 

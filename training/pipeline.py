@@ -64,7 +64,7 @@ MODELS = (*WORLD, "starting_point", "tokenizer", "base")
 STAGES = (
     Stage("world", WORLD, _world, ("world",)),
     Stage("index", (*WORLD, "store"), _index),
-    Stage("oracle", (*WORLD, "store", "agent"), _oracle, ("oracle",)),
+    Stage("oracle", (*WORLD, "store", "agent", "starting_point", "teacher"), _oracle, ("oracle",)),
     Stage("tokenizer", (*WORLD, "starting_point", "tokenizer"), stages.tokenizer_stage, ("tokenizer",), _trains_own_models),
     Stage("base", (*MODELS, "store", "agent", "eval"), stages.base_stage, ("base",), _trains_own_models),
     Stage("teacher", (*MODELS, "store", "agent", "eval", "teacher"), stages.teacher_stage, ("teacher",)),

@@ -161,7 +161,8 @@ def base_stage(cfg: PipelineConfig, run: Path) -> dict:
             )
             summary[role] = {"params": count_params(model), **pretrain(model, tokenizer, corpus, settings)}
         summary["source"] = "trained"
-    summary["student_test"] = evaluate_dir(cfg, run, run / "base" / "student", "base student", questions=cfg.eval.base_questions)
+    student = run / "base" / "student"
+    summary["student_test"] = _shipped_test(cfg, student) or evaluate_dir(cfg, run, student, "base student", questions=cfg.eval.base_questions)
     return summary
 
 
@@ -176,7 +177,7 @@ def teacher_stage(cfg: PipelineConfig, run: Path) -> dict:
     if cfg.starting_point == "shipped":
         starting_point.install(cfg, run, "teacher", out)
         write_store_record(out, store_dir(run))
-        return {"source": "shipped", "test": evaluate_dir(cfg, run, out, "teacher")}
+        return {"source": "shipped", "test": _shipped_test(cfg, out) or evaluate_dir(cfg, run, out, "teacher")}
     from dgpo_agent.training.callbacks import train_resumable
     from dgpo_agent.training.distill import DistillTrainer
     from dgpo_agent.training.pretrain import PretrainConfig
@@ -191,6 +192,17 @@ def teacher_stage(cfg: PipelineConfig, run: Path) -> dict:
     metrics = train_resumable(trainer)
     write_store_record(out, store_dir(run))
     return {"source": "trained", "train": _train_summary(metrics), "test": evaluate_dir(cfg, run, out, "teacher")}
+
+
+def _shipped_test(cfg: PipelineConfig, installed: Path) -> dict | None:
+    """A shipped model's recorded test metrics when this run's evaluation settings are the ones it
+    was scored with (the weights are hash-checked, decoding is greedy), else None."""
+    from dgpo_agent.training import starting_point
+    from dgpo_agent.training.evaluate import headline
+
+    if cfg.starting_point != "shipped" or (recorded := starting_point.recorded_test(cfg, installed)) is None:
+        return None
+    return headline(recorded)
 
 
 def _demonstrations(run: Path, tokenizer: Any) -> Any:

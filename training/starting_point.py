@@ -5,6 +5,10 @@ Preparing them takes longer than the default run may, so ``dgpo-agent prepare`` 
 (the pipeline with ``starting_point: scratch`` up to the teacher stage) and ``export`` copies them into
 the package with a record: the command, the config, the world they belong to, a SHA-256 per file and
 their scores. ``install`` copies a part into a run only after checking the world and every hash.
+
+The base student's and the teacher's test metrics (``test.metrics.json``) ship beside them: a run
+that evaluates with the settings they were scored with (``recorded_test``) reuses them instead of
+spending minutes re-scoring hash-identical weights with the same greedy decoding.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ ASSETS = Path(str(importlib.resources.files("dgpo_agent"))) / "assets" / "tiny-w
 PARTS = {"tokenizer": "tokenizer", "base-student": "base/student", "teacher": "teacher"}  # name → run subdir
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+METRICS_FILE = "test.metrics.json"  # what the ARC harness wrote for the part's test evaluation
+EVAL_SECTIONS = ("world", "store", "agent", "eval")  # the settings a test evaluation depends on
 PROBE_QUESTIONS = 32  # test questions whose first greedy turn the record keeps, for a fast check
 
 
@@ -72,7 +78,7 @@ def export(cfg: PipelineConfig, run: Path, summaries: dict[str, dict], command: 
     files = {}
     for part, subdir in PARTS.items():
         (dest / part).mkdir(parents=True)
-        for name in (*MODEL_FILES, *TOKENIZER_FILES):
+        for name in (*MODEL_FILES, *TOKENIZER_FILES, METRICS_FILE):
             source = run / subdir / name
             if source.is_file():
                 shutil.copyfile(source, dest / part / name)
@@ -89,6 +95,7 @@ def export(cfg: PipelineConfig, run: Path, summaries: dict[str, dict], command: 
             "corpus_sha256": sha256(run / "world" / "corpus.jsonl"),
         },
         "seconds": {stage: round(s, 1) for stage, s in stage_seconds(run).items()},
+        "eval_fingerprint": cfg.fingerprint(*EVAL_SECTIONS),
         "scores": {"base_student": summaries["base"]["student_test"], "teacher": summaries["teacher"]["test"]},
         "first_turns": [
             {"question": q, "turn": t} for q, t in zip(questions, first_turns(run / "teacher", questions, cfg.eval.max_new_tokens))
@@ -97,6 +104,15 @@ def export(cfg: PipelineConfig, run: Path, summaries: dict[str, dict], command: 
     }
     (dest / "record.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
+
+
+def recorded_test(cfg: PipelineConfig, installed: Path, assets: Path = ASSETS) -> dict | None:
+    """The installed part's recorded test metrics (``test.metrics.json``) when this run evaluates with
+    the settings they were scored with; None when it must evaluate itself."""
+    path = installed / METRICS_FILE
+    if not path.is_file() or read_record(assets).get("eval_fingerprint") != cfg.fingerprint(*EVAL_SECTIONS):
+        return None
+    return json.loads(path.read_text())
 
 
 def stage_seconds(run: Path) -> dict[str, float]:
