@@ -6,9 +6,12 @@
    strings, retrieval) against a plain batched ``model.generate`` of the same number of tokens from the
    same prompts. Target: at least 0.7.
 
-Models are the tiny zoo's student and teacher, freshly initialised (speed does not depend on training).
+Models are the run's cold-started student and its teacher, as DGPO trains them: how long rollouts
+last and how many of them are wrong (the teacher scores only those) depend on training. ``--fresh``
+uses freshly initialised zoo models instead (every rollout wrong, every turn to the token limit).
 
-    python bench/rl_overhead.py --world runs/tiny/world --tokenizer runs/prepare/tokenizer
+    dgpo-agent train --stop-after cold-start
+    python bench/rl_overhead.py --run runs/tiny
 """
 
 from __future__ import annotations
@@ -22,17 +25,17 @@ from pathlib import Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--world", type=Path, default=Path("runs/tiny/world"), help="world directory with chroma/")
-    parser.add_argument("--tokenizer", default="runs/prepare/tokenizer", help="world tokenizer directory")
-    parser.add_argument("--batch", type=int, default=16, help="prompts per step")
+    parser.add_argument("--run", type=Path, default=Path("runs/tiny"), help="a run through the cold start")
+    parser.add_argument("--fresh", action="store_true", help="freshly initialised zoo models instead of the run's")
+    parser.add_argument("--batch", type=int, default=64, help="prompts per step (the tiny preset's rollouts)")
     parser.add_argument("--steps", type=int, default=3, help="measured steps (after one warm-up step)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per turn")
-    parser.add_argument("--max-turns", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=96, help="tokens per turn")
+    parser.add_argument("--max-turns", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("bench/results/rl_overhead.json"))
     args = parser.parse_args()
 
     import torch
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dgpo_agent.backends.base import SamplingParams
     from dgpo_agent.rollout import AgentConfig
@@ -42,15 +45,20 @@ def main() -> None:
     from dgpo_agent.world import load_questions
 
     torch.set_num_threads(1)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    student, teacher = build_model(STUDENT, tokenizer, seed=0), build_model(TEACHER, tokenizer, seed=1)
-    records = load_questions(args.world / "train.jsonl")
+    tokenizer = AutoTokenizer.from_pretrained(args.run / "tokenizer")
+    if args.fresh:
+        student, teacher = build_model(STUDENT, tokenizer, seed=0), build_model(TEACHER, tokenizer, seed=1)
+    else:
+        student = AutoModelForCausalLM.from_pretrained(args.run / "cold_start" / "kd")
+        teacher = AutoModelForCausalLM.from_pretrained(args.run / "teacher")
+    world = args.run / "world"
+    records = load_questions(world / "train.jsonl")
     agent = AgentConfig(max_turns=args.max_turns, top_k=3, sampling=SamplingParams(max_new_tokens=args.max_new_tokens))
     config = RLConfig(
         output_dir=tempfile.mkdtemp(), rollout_batch_size=args.batch, micro_batch_size=8, num_minibatches=2,
         max_steps=args.steps + 1, learning_rate=1e-5, warmup_ratio=0.0, critic_warmup_ratio=0.0,
     )
-    trainer = RLTrainer(student, tokenizer, records, open_retriever(str(args.world / "chroma")), agent, config, teacher=teacher)
+    trainer = RLTrainer(student, tokenizer, records, open_retriever(str(world / "chroma")), agent, config, teacher=teacher)
     trainer.train_step(1)  # warm-up: embedder, allocator, first-call overheads
     steps = [trainer.train_step(step) for step in range(2, args.steps + 2)]
 
@@ -60,6 +68,7 @@ def main() -> None:
     teacher_share = sum(m["teacher_s"] for m in steps) / sum(m["step_s"] for m in steps)
     throughput_ratio = (rollout_tokens / rollout_s) / (plain_tokens / plain_s)
     result = {
+        "models": "fresh" if args.fresh else "trained (cold start, teacher)",
         "student_params": count_params(student),
         "teacher_params": count_params(teacher),
         "prompts_per_step": args.batch,
@@ -70,6 +79,7 @@ def main() -> None:
         "rollout_s": round(rollout_s / len(steps), 3),
         "teacher_s": round(sum(m["teacher_s"] for m in steps) / len(steps), 3),
         "teacher_share_of_step": round(teacher_share, 4),
+        "wrong_rollouts": round(sum(m["wrong_frac"] for m in steps) / len(steps), 3),
         "rollout_tokens_per_s": round(rollout_tokens / rollout_s, 1),
         "plain_generate_tokens_per_s": round(plain_tokens / plain_s, 1),
         "rollout_vs_plain_throughput": round(throughput_ratio, 3),

@@ -1,6 +1,6 @@
 """Reports of one evaluation of several models: metrics JSON, a Markdown report and PNG charts.
 
-The Markdown follows the paper's layout: methods (rows) × data sources (columns) for EM, hit ratio,
+The Markdown follows the paper's layout: methods (rows) × data sources (columns) for EM, F1, hit ratio,
 search steps and evidence recall (Tables 1 and 3), the evidence probes as w/o think | w/ think pairs
 per source (Table 2), then every metric overall, grouped by ARC capability. Charts use matplotlib's
 Agg backend, imported only here.
@@ -58,6 +58,7 @@ def markdown(results: dict) -> str:
     ]
     for title, key in (
         ("Answer: exact match", "em"),
+        ("Answer: token F1", "f1"),
         ("Query Rewriting: hit ratio", "hit"),
         ("Query Rewriting: search steps", "searches"),
         ("Query Rewriting: gold-evidence recall", "evidence_recall"),

@@ -126,6 +126,8 @@ def test_oracle_report_is_deterministic_and_resumes(tmp_path, small_world, small
     _eval(*common, "--out", second, "--batch-size", 7)
     assert (first / "metrics.json").read_bytes() == (second / "metrics.json").read_bytes()
     assert (first / "report.md").read_bytes() == (second / "report.md").read_bytes()
+    report = (first / "report.md").read_text()
+    assert "## Answer: exact match" in report and "## Answer: token F1" in report  # per data source, as the DGPO issue asks
 
     result = json.loads((first / "metrics.json").read_text())
     overall = result["models"][0]["metrics"]["all"]
