@@ -64,8 +64,13 @@ def metrics_table(by_source: dict[str, dict[str, float]]) -> list[str]:
     keys = sorted({k for m in by_source.values() for k in m} - {"n"})
     rows = ["| data_source | n | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for source, m in by_source.items():
-        rows.append(f"| {source} | {m.get('n', '')} | " + " | ".join(f"{m.get(k, float('nan')):.3f}" for k in keys) + " |")
+        rows.append(f"| {source} | {m.get('n', '')} | " + " | ".join(_number(m.get(k, float("nan"))) for k in keys) + " |")
     return rows
+
+
+def _number(value: float) -> str:
+    """Counts as integers, rates and means to three decimals."""
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
 def _as_table(tgo: dict[str, dict]) -> dict[str, dict]:
