@@ -44,6 +44,17 @@ def main() -> None:
 
 
 def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
+    """One arm and seed, or its recorded result: each finished arm writes ``result.json`` in its
+    folder, so an interrupted bench reruns only the arms it had not finished."""
+    done = args.work / f"{arm}-seed{seed}" / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    result = train_and_test(args, arm, seed)
+    done.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def train_and_test(args: argparse.Namespace, arm: str, seed: int) -> dict:
     from dgpo_agent.training.copy_curriculum import copy_accuracy
     from dgpo_agent.training.pretrain import PretrainConfig, pretrain
     from dgpo_agent.training.zoo import STUDENT, build_model, count_params
