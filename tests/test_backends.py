@@ -161,6 +161,32 @@ def test_growing_cache_generates_exactly_what_transformers_dynamic_cache_does(po
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_finished_rows_leave_the_batch_and_the_rest_decode_as_transformers_generate_does(policy):
+    """Rows that hit a stop string are dropped from the batch (and its cache) while the others go on;
+    every row's tokens and log-probs are those of ``model.generate`` run on that row alone."""
+    contexts = [Context(q, [policy.prompt(q)]) for q in QUESTIONS]
+    free = policy.generate(contexts, GREEDY)
+    stops = tuple(stop_candidate(policy, r.token_ids, 0) for r in free[:3])
+    params = SamplingParams(max_new_tokens=24, stop=stops)
+    batch_sizes: list[int] = []
+    handle = policy.model.register_forward_pre_hook(lambda _, args, kwargs: batch_sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        results = TransformersPolicy(policy.model, policy.tokenizer).generate(contexts, params)
+    finally:
+        handle.remove()
+    assert batch_sizes[0] == len(contexts) > batch_sizes[-1]  # the batch shrank as rows finished
+    for ctx, result in zip(contexts, results):
+        ids = torch.tensor([ctx.segments[0]["ids"]])
+        out = policy.model.generate(
+            input_ids=ids, max_new_tokens=24, do_sample=False, stop_strings=list(stops), tokenizer=policy.tokenizer,
+            return_dict_in_generate=True, output_logits=True, pad_token_id=0,
+        )
+        expected = out.sequences[0, ids.shape[1] :].tolist()
+        assert result.token_ids == expected
+        logprobs = [torch.log_softmax(step[0], -1)[t].item() for step, t in zip(out.logits, expected)]
+        assert result.logprobs == pytest.approx(logprobs, abs=1e-4)
+
+
 def test_prompt_uses_chat_template(policy):
     segment = policy.prompt("Who wrote Moby Dick")
     assert segment["role"] == "prompt"
@@ -229,7 +255,7 @@ def test_token_ids_and_greedy_logprobs_round_trip(policy, multi_turn_contexts):
         assert result.logprobs == pytest.approx(expected, abs=1e-4)
 
 
-def test_model_segments_are_fed_as_sampled_ids(policy, monkeypatch):
+def test_model_segments_are_fed_as_sampled_ids(policy):
     policy = TransformersPolicy(policy.model, policy.tokenizer)  # no cache from earlier calls: the whole context is fed
     text = "The capital of France is Paris."
     merged = policy.encode(text)
@@ -239,15 +265,12 @@ def test_model_segments_are_fed_as_sampled_ids(policy, monkeypatch):
     context = Context("capital of France", [prompt, {"role": "model", "text": text, "ids": by_byte}])
 
     seen = []
-    real_generate = policy.model.generate
-
-    def spy(**kwargs):
-        seen.append(kwargs["input_ids"][0].tolist())
-        return real_generate(**kwargs)
-
-    monkeypatch.setattr(policy.model, "generate", spy)
-    policy.generate([context], GREEDY)
-    assert seen == [prompt["ids"] + by_byte]
+    handle = policy.model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["input_ids"][0].tolist()), with_kwargs=True)
+    try:
+        policy.generate([context], GREEDY)
+    finally:
+        handle.remove()
+    assert seen[0] == prompt["ids"] + by_byte
 
 
 def test_seeded_sampling_is_repeatable_and_leaves_global_rng_alone(policy):

@@ -9,13 +9,13 @@ token ids, same order, a subset: finished trajectories drop out) encodes only th
 model's last turn and the retrieved documents) instead of the whole context again, as vLLM's
 automatic prefix caching does. Anything else, or weights changed in place since (an optimizer step),
 starts from an empty cache; results are the same either way up to float rounding. The cache grows in
-place (``kv_cache.GrowingCache``) instead of being concatenated at every decoding step.
+place (``kv_cache.GrowingCache``) instead of being concatenated at every decoding step, and rows
+leave the batch as they finish (``decode``) instead of decoding padding until the longest one stops.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +41,9 @@ class _Prefix:
 
 
 class TransformersPolicy(TokenPolicy):
-    """A causal LM and its tokenizer, generating with ``model.generate``; ``prefix_caching`` reuses the
-    last call's KV cache for contexts that continue it (see the module docstring)."""
+    """A causal LM and its tokenizer, decoding with ``decode.decode`` (finished rows leave the batch);
+    ``prefix_caching`` reuses the last call's KV cache for contexts that continue it (see the module
+    docstring)."""
 
     def __init__(self, model: Any, tokenizer: Any, prefix_caching: bool = True) -> None:
         self.model = model
@@ -82,25 +83,20 @@ class TransformersPolicy(TokenPolicy):
         return cls(model.to(device).eval(), tok)
 
     def generate(self, contexts: Sequence[Context], params: SamplingParams) -> list[Completion]:
-        """Continue every context in one ``model.generate`` call."""
+        """Continue every context in one batch."""
         if not contexts:
             return []
         import torch
 
+        from dgpo_agent.backends.decode import decode
+
         rows = self.rows(contexts, params.max_new_tokens, getattr(self.model.config, "max_position_embeddings", None))
         with self._lock, torch.no_grad(), _seeded(params.seed, self.device):
             input_ids, attention_mask, cache = self._inputs(rows)
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                **{_cache_kwarg(): cache},
-                **self._generate_kwargs(params),
-            )
+            ids, logprobs = decode(self.model, input_ids, attention_mask, cache, params, self.eos_ids, self.tokenizer)
             if self.prefix_caching:
-                self._remember(rows, input_ids, attention_mask, getattr(out, _cache_kwarg()))
-        new = out.sequences[:, input_ids.shape[1] :]
-        logprobs = _sampled_logprobs(out.logits if params.greedy else out.scores, new)
-        return [self._completion(ids, lps, params.stop) for ids, lps in zip(new.tolist(), logprobs.tolist())]
+                self._remember(rows, input_ids, attention_mask, cache)
+        return [self._completion(row, lps, params.stop) for row, lps in zip(ids, logprobs)]
 
     def _inputs(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """The padded batch to continue and the cache that already holds its prefix (or an empty one).
@@ -136,23 +132,6 @@ class TransformersPolicy(TokenPolicy):
         """Changes whenever a parameter is modified in place (an optimizer step), so a cache computed
         with older weights is never reused."""
         return sum(p._version for p in self.model.parameters())
-
-    def _generate_kwargs(self, params: SamplingParams) -> dict[str, Any]:
-        """Explicit decoding settings, so a checkpoint's generation_config (top_k, penalties) never leaks in."""
-        sampling = {} if params.greedy else dict(temperature=params.temperature, top_p=params.top_p, top_k=0)
-        return dict(
-            max_new_tokens=params.max_new_tokens,
-            do_sample=not params.greedy,
-            **sampling,
-            repetition_penalty=1.0,
-            eos_token_id=sorted(self.eos_ids),
-            pad_token_id=self.pad_id,
-            stop_strings=list(params.stop) or None,
-            tokenizer=self.tokenizer,
-            return_dict_in_generate=True,
-            output_logits=params.greedy,
-            output_scores=not params.greedy,
-        )
 
     def _completion(self, ids: list[int], logprobs: list[float], stop: Sequence[str]) -> Completion:
         keep = kept_length(ids, self.eos_ids, stop, self._decode)
@@ -210,14 +189,6 @@ def _empty_cache(model: Any) -> Any:
     return GrowingCache()
 
 
-@functools.cache
-def _cache_kwarg() -> str:
-    """transformers 5.x renamed ``past_key_values`` to ``cache`` in ``generate`` and its output."""
-    from transformers.generation.utils import GenerateDecoderOnlyOutput
-
-    return "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
-
-
 def _eos_ids(*sources: Any) -> set[int]:
     """Every end-of-sequence id a generation config or tokenizer names (an int or a list)."""
     found: set[int] = set()
@@ -249,17 +220,6 @@ def _left_pad(rows: list[list[int]], pad_id: int, device: Any) -> tuple[torch.Te
     ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
     return ids, mask
-
-
-def _sampled_logprobs(step_scores: tuple[torch.Tensor, ...], sampled: torch.Tensor) -> torch.Tensor:
-    """Log-probs of the sampled ids, one step at a time (never a [batch, steps, vocab] tensor)."""
-    import torch
-
-    columns = [
-        torch.log_softmax(scores.float(), dim=-1).gather(1, sampled[:, t : t + 1])
-        for t, scores in enumerate(step_scores)
-    ]
-    return torch.cat(columns, dim=1)
 
 
 @contextlib.contextmanager
