@@ -187,6 +187,19 @@ def test_finished_rows_leave_the_batch_and_the_rest_decode_as_transformers_gener
         assert result.logprobs == pytest.approx(logprobs, abs=1e-4)
 
 
+def test_sampling_draws_from_the_warped_distribution_and_never_a_cut_token():
+    from dgpo_agent.backends.decode import _draw
+
+    probs = torch.softmax(torch.randn(50, generator=torch.Generator().manual_seed(0)), -1)
+    probs[[3, 17, 49]] = 0.0  # cut by top-p
+    probs /= probs.sum()
+    torch.manual_seed(1)
+    draws = _draw(probs.expand(200_000, -1))
+    frequencies = torch.bincount(draws, minlength=50).double() / draws.numel()
+    assert frequencies[[3, 17, 49]].sum() == 0
+    assert torch.allclose(frequencies, probs.double(), atol=3e-3)
+
+
 def test_prompt_uses_chat_template(policy):
     segment = policy.prompt("Who wrote Moby Dick")
     assert segment["role"] == "prompt"

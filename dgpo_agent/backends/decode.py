@@ -9,8 +9,9 @@ cache is copied a few times per turn, not once per row.
 
 Decoding matches ``model.generate`` with the backend's explicit settings: the same position ids
 (cumulative sum of the attention mask, so the prefix cache's left-padding holes are skipped), the
-same logits warpers (temperature, then top-p), greedy argmax or one multinomial draw per row, and
-the same stop-string criterion over the whole sequence.
+same logits warpers (temperature, then top-p), greedy argmax or one draw per row from the warped
+distribution (by inverse CDF, see ``_draw``), and the same stop-string criterion over the whole
+sequence.
 
 Imported only by the transformers backend (it imports transformers at module level).
 """
@@ -109,8 +110,18 @@ def _sample(logits: torch.Tensor, warp: LogitsProcessorList | None, sequences: t
         scores = logits
     else:
         scores = warp(sequences, logits)
-        token = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        token = _draw(torch.softmax(scores, dim=-1))
     return token, torch.log_softmax(scores, dim=-1).gather(1, token[:, None]).squeeze(1)
+
+
+def _draw(probs: torch.Tensor) -> torch.Tensor:
+    """One token per row by inverting the cumulative distribution with one uniform number per row.
+    ``torch.multinomial`` draws a random number per vocabulary entry: on CPU that was a quarter of a
+    rollout (15 ms per step for 64 rows × 12k tokens, against 0.7 ms here). Float64 keeps the sums
+    exact enough for a 150k vocabulary; zero-probability tokens (cut by top-p) are never drawn."""
+    cdf = probs.double().cumsum(dim=-1)
+    u = torch.rand((probs.shape[0], 1), dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(1)
 
 
 def _select(cache: Any, keep: torch.Tensor, fork: bool) -> Any:
