@@ -121,8 +121,9 @@ class TransformersPolicy(TokenPolicy):
         return input_ids, attention_mask, prefix.cache
 
     def _remember(self, rows: list[list[int]], input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any) -> None:
-        """Keep the cache of the contexts only: generated tokens are dropped from it (finished rows
-        went on decoding padding, and a row's kept completion is re-encoded with its next context)."""
+        """Keep the cache of the contexts only: the tokens decoded into it before the first eviction
+        are dropped (rows that had finished went on decoding until then, and a row's kept completion
+        is re-encoded with its next context)."""
         extra = cache.get_seq_length() - input_ids.shape[1]
         if extra > 0:
             cache.crop(-extra)
@@ -146,7 +147,8 @@ class TransformersPolicy(TokenPolicy):
 
 def kept_length(ids: list[int], eos_ids: set[int], stop: Sequence[str], decode: Callable[[list[int]], str]) -> int:
     """How many generated ids belong to the completion: up to the first stop string, or to the first EOS
-    (inclusive). In a batch, finished rows are padded (often with EOS itself), so the rest is discarded.
+    (inclusive). ``decode`` already ends each row at the token that completes either; this is the
+    check on the text (a stop string can end inside a token) and guards any ids past the end.
     """
     eos_at = next((i for i, t in enumerate(ids) if t in eos_ids), None)
     body = len(ids) if eos_at is None else eos_at
