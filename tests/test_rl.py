@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -130,6 +131,51 @@ def test_grpo_baseline_without_teacher(tok, tmp_path):
     assert last["kl_wrong"] is None and last["penalised_frac"] == 0.0
     assert "vf_loss" not in last
     assert len(list(checkpoints(tmp_path)[-1].glob("model*.safetensors"))) == 1  # no critic
+
+
+def update_on(rl: RLTrainer, responses: list[list[int]], env_mask: list[int], scores: list[float]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """Per-row mean log-prob of the model tokens of four fixed rollouts (two prompts × two responses)
+    before and after three RL updates on them; and the batch."""
+    trajectories = [TokenTrajectory([1, 2, 3 + i // 2], response, env_mask, None) for i, response in enumerate(responses)]
+    batch, scores = pack(trajectories, pad_id=0), torch.tensor(scores)
+
+    def row_logp() -> torch.Tensor:
+        with torch.no_grad():
+            logp = rl._score(batch, scores).logp
+        return (logp * batch.mask).sum(1) / batch.mask.sum(1)
+
+    before = row_logp()
+    for _ in range(3):
+        with torch.no_grad():
+            scored = rl._score(batch, scores)
+        advantages, returns, _ = rl._advantages(batch, scores, scored)
+        rl._update(batch, scored, advantages, returns, step=1)
+    return before, row_logp(), batch
+
+
+# Plain updates: no entropy bonus or weight decay, which would move a tiny model on their own.
+PLAIN = {"entropy_coef": 0.0, "weight_decay": 0.0, "micro_batch_size": 4, "learning_rate": 1e-2, "group_size": 2}
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_an_update_raises_rewarded_rollouts_and_lowers_the_others(tok, tmp_path, algorithm):
+    """The sign of the whole path (advantage → clipped loss → optimizer), which the objective's unit
+    tests cannot see: the rewarded response of each prompt gains probability, the other loses it."""
+    rl = trainer(tok, rl_config(tmp_path, algorithm=algorithm, **PLAIN), teacher=False)
+    responses = [[10 + i, 11, 30, 12 + i, 13] for i in range(4)]
+    before, after, _ = update_on(rl, responses, [0, 0, 1, 0, 0], [1.0, 0.0, 0.0, 1.0])
+    change = after - before
+    assert change[[0, 3]].min() > 0 > change[[1, 2]].max()
+
+
+def test_the_teacher_penalty_pulls_wrong_rollouts_towards_the_teacher(tok, tmp_path):
+    """Four wrong one-token rollouts, so the teacher's penalty is the only signal and each token's
+    advantage is −β·(log π_θ − log π_T): every token's log-prob moves towards the teacher's."""
+    rl = trainer(tok, rl_config(tmp_path, algorithm="grpo", beta=1.0, **PLAIN))
+    before, after, batch = update_on(rl, [[10 + i] for i in range(4)], [0], [0.0] * 4)
+    with torch.no_grad():
+        teacher = rl._token_logprobs(rl._forward_logits(rl.teacher, batch), batch).sum(1)
+    assert ((after - teacher).abs() < (before - teacher).abs()).all()
 
 
 def test_resume_is_exact_and_refuses_a_changed_config(tok, tmp_path):
