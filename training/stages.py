@@ -320,14 +320,33 @@ def rl_stage(cfg: PipelineConfig, run: Path) -> dict:
 
 
 def _rl(cfg: PipelineConfig, run: Path, method: str) -> dict:
+    from dgpo_agent.training.callbacks import read_log
+    from dgpo_agent.training.rl import METRICS_FILE
+
+    r, out = cfg.rl, run / "rl" / method
+    start = train_rl_method(cfg, run, method, out, r.eval_questions)
+    final = out / "final"
+    write_store_record(final, store_dir(run))
+    log = read_log(out / METRICS_FILE)  # the whole run's, also when this call only resumed its end
+    keep = ("reward", "valid_action_rate", "search_count", "kl_wrong", "penalised_frac", "entropy", "response_length")
+    return {
+        "start": str(start),
+        "train": {"steps": r.steps, "last": {k: log[-1].get(k) for k in keep}, "seconds": round(sum(e["step_s"] for e in log), 1)},
+        "curve": [{"step": e["step"], "em": e["dev_em"]} for e in log if "dev_em" in e],
+        "test": evaluate_dir(cfg, run, final, f"rl ({method})"),
+    }
+
+
+def train_rl_method(cfg: PipelineConfig, run: Path, method: str, out: Path, dev_questions: int) -> Path:
+    """Train (or resume) one RL method of ``cfg.rl`` into ``out``, with its dev-EM curve on the first
+    ``dev_questions`` dev questions every ``rl.eval_every`` steps; returns the policy it started from.
+    The pipeline's RL stage and the dev-only tuning bench share it, so they train the same thing."""
     from dgpo_agent.backends.base import SamplingParams
     from dgpo_agent.rollout import AgentConfig
-    from dgpo_agent.training.callbacks import read_log
-    from dgpo_agent.training.rl import METRICS_FILE, RLConfig, train_rl
+    from dgpo_agent.training.rl import RLConfig, train_rl
 
     r, algorithm = cfg.rl, method.removesuffix(FROM_BASE)
     guided = algorithm == "dgpo"
-    out = run / "rl" / method
     start = (cfg.cold_start.student or run / "base" / "student") if method.endswith(FROM_BASE) else run / "cold_start" / cfg.cold_start.method
     group = r.group_size if algorithm == "grpo" else 1
     config = RLConfig(
@@ -340,18 +359,9 @@ def _rl(cfg: PipelineConfig, run: Path, method: str) -> dict:
     tokenizer = _student_tokenizer(cfg, run)
     teacher = load_model(cfg.teacher.model or run / "teacher") if guided else None
     agent = AgentConfig(max_turns=cfg.agent.max_turns, top_k=cfg.agent.top_k, sampling=SamplingParams(max_new_tokens=r.max_new_tokens))
-    evaluate = _dev_em(cfg, run, tokenizer, r.eval_questions) if r.eval_every else None
+    evaluate = _dev_em(cfg, run, tokenizer, dev_questions) if r.eval_every else None
     train_rl(load_model(start), tokenizer, _questions(run, "train"), _store(cfg, run), agent, config, teacher=teacher, evaluate=evaluate)
-    final = out / "final"
-    write_store_record(final, store_dir(run))
-    log = read_log(out / METRICS_FILE)  # the whole run's, also when this call only resumed its end
-    keep = ("reward", "valid_action_rate", "search_count", "kl_wrong", "penalised_frac", "entropy", "response_length")
-    return {
-        "start": str(start),
-        "train": {"steps": r.steps, "last": {k: log[-1].get(k) for k in keep}, "seconds": round(sum(e["step_s"] for e in log), 1)},
-        "curve": [{"step": e["step"], "em": e["dev_em"]} for e in log if "dev_em" in e],
-        "test": evaluate_dir(cfg, run, final, f"rl ({method})"),
-    }
+    return start
 
 
 def tested_models(cfg: PipelineConfig, run: Path) -> list[tuple[str, Path]]:
