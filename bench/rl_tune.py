@@ -68,7 +68,9 @@ def apply(cfg: object, setting: str) -> None:
     target = getattr(cfg, section, None)
     if not sep or not dataclasses.is_dataclass(target) or name not in {f.name for f in dataclasses.fields(target)}:
         raise SystemExit(f"error: bad setting {setting!r}: write section.field=value with a field of the pipeline config, e.g. rl.beta=0.005")
-    setattr(target, name, yaml.safe_load(value))
+    parsed, current = yaml.safe_load(value), getattr(target, name)
+    # YAML reads 3e-4 as a string; a numeric field takes the number.
+    setattr(target, name, type(current)(parsed) if isinstance(current, int | float) and isinstance(parsed, str) else parsed)
 
 
 if __name__ == "__main__":
