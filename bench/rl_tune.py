@@ -31,16 +31,20 @@ def main() -> None:
     parser.add_argument("settings", nargs="*", help="section.field=value overrides, e.g. rl.beta=0.005")
     args = parser.parse_args()
 
+    from dgpo_agent.errors import DGPOError
     from dgpo_agent.training import stages
     from dgpo_agent.training.callbacks import read_log
     from dgpo_agent.training.config import load_config
     from dgpo_agent.training.rl import METRICS_FILE
 
-    cfg = load_config(json.loads((args.run / "config.json").read_text())["preset"], out=args.run)
-    for setting in args.settings:
-        apply(cfg, setting)
+    overrides = settings(args.settings)
+    overrides.setdefault("rl", {})["eval_questions"] = args.dev
+    try:
+        cfg = load_config(json.loads((args.run / "config.json").read_text())["preset"], out=args.run, overrides=overrides)
+    except DGPOError as err:
+        raise SystemExit(f"error: {err}") from None
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    start = stages.train_rl_method(cfg, args.run, args.method, args.work / args.name, args.dev)
+    start = stages.train_rl_method(cfg, args.run, args.method, args.work / args.name)
     if results.get("start", {}).get("key") != [str(start), args.dev]:
         score = stages._dev_em(cfg, args.run, stages._student_tokenizer(cfg, args.run), args.dev)
         results["start"] = {"key": [str(start), args.dev], "dev_em": score(stages.load_model(start).eval())["em"]}
@@ -52,25 +56,29 @@ def main() -> None:
         "rl": dataclasses.asdict(cfg.rl),
         "dev_questions": args.dev,
         "dev_em": {e["step"]: e["dev_em"] for e in log if "dev_em" in e},
-        # Mean over each eval window of steps: single steps see 64 different questions and are noisy.
-        "reward": [round(statistics.fmean(e["reward"] for e in log[i : i + window]), 3) for i in range(0, len(log), window)],
-        "response_length": [round(statistics.fmean(e["response_length"] for e in log[i : i + window]), 1) for i in range(0, len(log), window)],
+        # Means over each eval window of steps: single steps see 64 different questions and are noisy.
+        "reward": window_means(log, "reward", window, 3),
+        "response_length": window_means(log, "response_length", window, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({"start": results["start"], args.name: results[args.name]["dev_em"]}))
 
 
-def apply(cfg: object, setting: str) -> None:
-    """Set ``section.field=value`` on the pipeline config (value parsed as YAML), naming bad keys."""
-    key, sep, value = setting.partition("=")
-    section, _, name = key.partition(".")
-    target = getattr(cfg, section, None)
-    if not sep or not dataclasses.is_dataclass(target) or name not in {f.name for f in dataclasses.fields(target)}:
-        raise SystemExit(f"error: bad setting {setting!r}: write section.field=value with a field of the pipeline config, e.g. rl.beta=0.005")
-    parsed, current = yaml.safe_load(value), getattr(target, name)
-    # YAML reads 3e-4 as a string; a numeric field takes the number.
-    setattr(target, name, type(current)(parsed) if isinstance(current, int | float) and isinstance(parsed, str) else parsed)
+def settings(pairs: list[str]) -> dict:
+    """``section.field=value`` pairs (values read as YAML) as the nested overrides ``load_config`` takes."""
+    overrides: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        section, dot, name = key.partition(".")
+        if not (sep and dot and section and name):
+            raise SystemExit(f"error: bad setting {pair!r}: write section.field=value, e.g. rl.beta=0.005")
+        overrides.setdefault(section, {})[name] = yaml.safe_load(value)
+    return overrides
+
+
+def window_means(log: list[dict], key: str, window: int, digits: int) -> list[float]:
+    return [round(statistics.fmean(e[key] for e in log[i : i + window]), digits) for i in range(0, len(log), window)]
 
 
 if __name__ == "__main__":

@@ -191,3 +191,10 @@ def test_stop_after_and_config_errors(tmp_path):
     good.write_text("agent:\n  top_k: 5\nworld:\n  seed: 3\n")
     cfg = load_config("smoke", good)
     assert (cfg.agent.top_k, cfg.agent.max_turns, cfg.world.seed, cfg.world.size) == (5, 4, 3, "default")
+    # YAML 1.1 reads 3e-4 as a string; numeric settings still get numbers, and non-numbers are named.
+    exponent = tmp_path / "exponent.yaml"
+    exponent.write_text("rl:\n  lr: 3e-4\n  beta: 1e-3\n")
+    cfg = load_config("smoke", exponent, overrides={"rl": {"steps": "5"}})
+    assert (cfg.rl.lr, cfg.rl.beta, cfg.rl.steps) == (3e-4, 1e-3, 5)
+    with pytest.raises(DGPOError, match="RLSettings.lr must be a number, not 'fast'"):
+        load_config("smoke", overrides={"rl": {"lr": "fast"}})

@@ -216,11 +216,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def load_config(preset: str = "tiny", path: Path | None = None, out: Path | None = None) -> PipelineConfig:
-    """The preset's config, overridden by a YAML file, with the run directory defaulting to runs/<preset>."""
+def load_config(
+    preset: str = "tiny", path: Path | None = None, out: Path | None = None, overrides: dict | None = None
+) -> PipelineConfig:
+    """The preset's config, overridden by a YAML file and then by ``overrides`` (the same nested
+    mapping), with the run directory defaulting to runs/<preset>."""
     if preset not in PRESETS:
         raise DGPOError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
-    overrides = _merge(PRESETS[preset], _read_yaml(path) if path else {})
+    overrides = _merge(_merge(PRESETS[preset], _read_yaml(path) if path else {}), overrides or {})
     cfg = _build(PipelineConfig, {"preset": preset, "out": str(out or Path("runs") / preset), **overrides})
     if out is not None:
         cfg.out = str(out)
@@ -254,5 +257,18 @@ def _build(cls: type, values: dict) -> Any:
     kwargs = {}
     for name, value in values.items():
         sub = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
-        kwargs[name] = _build(type(sub()), value) if sub and dataclasses.is_dataclass(sub()) and isinstance(value, dict) else value
+        if sub and dataclasses.is_dataclass(sub()) and isinstance(value, dict):
+            kwargs[name] = _build(type(sub()), value)
+        else:
+            kwargs[name] = _number(cls.__name__, name, fields[name].default, value)
     return cls(**kwargs)
+
+
+def _number(section: str, name: str, default: Any, value: Any) -> Any:
+    """A numeric field's value as a number: YAML 1.1 reads ``3e-4`` (no dot) as a string."""
+    if not isinstance(value, str) or isinstance(default, bool) or not isinstance(default, int | float):
+        return value
+    try:
+        return type(default)(value)
+    except ValueError:
+        raise DGPOError(f"{section}.{name} must be a number, not {value!r}") from None

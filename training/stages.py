@@ -324,7 +324,7 @@ def _rl(cfg: PipelineConfig, run: Path, method: str) -> dict:
     from dgpo_agent.training.rl import METRICS_FILE
 
     r, out = cfg.rl, run / "rl" / method
-    start = train_rl_method(cfg, run, method, out, r.eval_questions)
+    start = train_rl_method(cfg, run, method, out)
     final = out / "final"
     write_store_record(final, store_dir(run))
     log = read_log(out / METRICS_FILE)  # the whole run's, also when this call only resumed its end
@@ -337,9 +337,9 @@ def _rl(cfg: PipelineConfig, run: Path, method: str) -> dict:
     }
 
 
-def train_rl_method(cfg: PipelineConfig, run: Path, method: str, out: Path, dev_questions: int) -> Path:
+def train_rl_method(cfg: PipelineConfig, run: Path, method: str, out: Path) -> Path:
     """Train (or resume) one RL method of ``cfg.rl`` into ``out``, with its dev-EM curve on the first
-    ``dev_questions`` dev questions every ``rl.eval_every`` steps; returns the policy it started from.
+    ``rl.eval_questions`` dev questions every ``rl.eval_every`` steps; returns the policy it started from.
     The pipeline's RL stage and the dev-only tuning bench share it, so they train the same thing."""
     from dgpo_agent.backends.base import SamplingParams
     from dgpo_agent.rollout import AgentConfig
@@ -359,7 +359,7 @@ def train_rl_method(cfg: PipelineConfig, run: Path, method: str, out: Path, dev_
     tokenizer = _student_tokenizer(cfg, run)
     teacher = load_model(cfg.teacher.model or run / "teacher") if guided else None
     agent = AgentConfig(max_turns=cfg.agent.max_turns, top_k=cfg.agent.top_k, sampling=SamplingParams(max_new_tokens=r.max_new_tokens))
-    evaluate = _dev_em(cfg, run, tokenizer, dev_questions) if r.eval_every else None
+    evaluate = _dev_em(cfg, run, tokenizer, r.eval_questions) if r.eval_every else None
     train_rl(load_model(start), tokenizer, _questions(run, "train"), _store(cfg, run), agent, config, teacher=teacher, evaluate=evaluate)
     return start
 
