@@ -26,6 +26,7 @@ from dgpo_agent.training.rl import (
     RLTrainer,
     check_cpu_launch,
     checkpoints,
+    load_run,
     pack,
     run_file,
 )
@@ -80,6 +81,16 @@ def test_a_cpu_launch_that_would_run_one_process_is_refused():
         check_cpu_launch({"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1"})
     check_cpu_launch({"ACCELERATE_USE_CPU": "True"})
     check_cpu_launch({"ACCELERATE_USE_CPU": "1", "MASTER_ADDR": "127.0.0.1", "WORLD_SIZE": "2"})
+
+
+def test_run_file_numbers_written_with_an_exponent_are_numbers(tmp_path):
+    """YAML 1.1 reads 3e-4 as a string; the run file's RL settings still reach RLConfig as numbers."""
+    path = tmp_path / "run.yaml"
+    path.write_text("model: m\ntrain_file: t\nstore: s\nrl:\n  learning_rate: 3e-4\n  beta: 1e-3\n")
+    assert RLConfig(**load_run(path)["rl"]).learning_rate == 3e-4
+    path.write_text("model: m\ntrain_file: t\nstore: s\nrl:\n  beta: lots\n")
+    with pytest.raises(DGPOError, match="rl.beta must be a number"):
+        load_run(path)
 
 
 def test_config_rejects_bad_settings():

@@ -260,11 +260,11 @@ def _build(cls: type, values: dict) -> Any:
         if sub and dataclasses.is_dataclass(sub()) and isinstance(value, dict):
             kwargs[name] = _build(type(sub()), value)
         else:
-            kwargs[name] = _number(cls.__name__, name, fields[name].default, value)
+            kwargs[name] = as_number(cls.__name__, name, fields[name].default, value)
     return cls(**kwargs)
 
 
-def _number(section: str, name: str, default: Any, value: Any) -> Any:
+def as_number(section: str, name: str, default: Any, value: Any) -> Any:
     """A numeric field's value as a number: YAML 1.1 reads ``3e-4`` (no dot) as a string."""
     if not isinstance(value, str) or isinstance(default, bool) or not isinstance(default, int | float):
         return value

@@ -41,6 +41,7 @@ from dgpo_agent.rollout import AgentConfig, TokenTrajectory, run_batch, token_tr
 from dgpo_agent.state import AgentState
 from dgpo_agent.training import rl_objective as obj
 from dgpo_agent.training.callbacks import drop_after
+from dgpo_agent.training.config import as_number
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -631,9 +632,11 @@ def load_run(path: Path) -> dict[str, Any]:
     missing = [k for k in ("model", "train_file", "store") if not run.get(k)]
     if missing:
         raise DGPOError(f"run file {path} lacks {', '.join(missing)}: name the policy checkpoint, the question file and the store")
-    unknown = set(run.get("rl") or {}) - {f.name for f in dataclasses.fields(RLConfig)}
+    fields = {f.name: f.default for f in dataclasses.fields(RLConfig)}
+    unknown = set(run.get("rl") or {}) - set(fields)
     if unknown:
         raise DGPOError(f"unknown rl settings in {path}: {', '.join(sorted(unknown))}")
+    run["rl"] = {k: as_number("rl", k, fields[k], v) for k, v in (run.get("rl") or {}).items()}
     return run
 
 
