@@ -62,6 +62,42 @@ def test_scratch_pipeline_runs_caches_and_reports(tmp_path):
     assert after["oracle.json"] != markers["oracle.json"]
 
 
+def test_adding_a_method_trains_only_that_one_and_a_changed_setting_starts_over(tmp_path):
+    """A stage training one folder per method keeps the trained ones when only the list of methods
+    changes (hours of RL at real scale); any other setting it reads still clears its outputs."""
+    from dgpo_agent.training.pipeline import STAGES, Stage, _run_stage
+
+    trained = []
+
+    def train_each(cfg, run):  # like rl_stage: a finished method's folder is reused as it is
+        summary = {}
+        for method in [cfg.rl.method, *cfg.rl.baselines]:
+            done = run / "rl" / method / "final"
+            if not done.is_file():
+                trained.append(method)
+                done.parent.mkdir(parents=True)
+                done.write_text(str(cfg.rl.lr))
+            summary[method] = float(done.read_text())
+        return summary
+
+    real = next(s for s in STAGES if s.name == "rl")
+    stage = Stage("rl", ("rl",), train_each, real.outputs, selectors=real.selectors)
+    cfg, run = load_config("smoke", out=tmp_path), tmp_path
+    cfg.rl.baselines = []
+    lr = cfg.rl.lr
+    assert _run_stage(stage, cfg, run) == {"dgpo": lr}
+    cfg.rl.baselines = ["ppo", "grpo"]
+    assert _run_stage(stage, cfg, run) == {"dgpo": lr, "ppo": lr, "grpo": lr}
+    assert trained == ["dgpo", "ppo", "grpo"]
+    cfg.rl.method, cfg.rl.baselines = "grpo", ["dgpo"]  # the same methods in other roles: nothing to train
+    assert _run_stage(stage, cfg, run) == {"grpo": lr, "dgpo": lr}
+    assert trained == ["dgpo", "ppo", "grpo"]
+    cfg.rl.lr = lr / 2  # a setting every method trains with: all start over
+    assert _run_stage(stage, cfg, run) == {"grpo": lr / 2, "dgpo": lr / 2}
+    assert trained == ["dgpo", "ppo", "grpo", "grpo", "dgpo"]
+    assert not (run / "rl/ppo").exists()
+
+
 def test_model_stages_distil_a_teacher_that_answers_then_run_rl_and_report(small_world, small_store, tmp_path):
     """TGO keeps the teacher's correct rollouts with token ids; the cold start trains KD and SeqKD on
     them, records the dev EM curve and evaluates on test; RL runs DGPO and teacher-free baselines from

@@ -176,9 +176,13 @@ class PipelineConfig:
     rl: RLSettings = field(default_factory=RLSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
 
-    def fingerprint(self, *sections: str) -> str:
-        """A short hash of the named sections, so a stage re-runs only when its inputs change."""
+    def fingerprint(self, *sections: str, leave_out: tuple[str, ...] = ()) -> str:
+        """A short hash of the named sections, so a stage re-runs only when its inputs change;
+        ``leave_out`` names ``section.field`` settings the hash ignores."""
         data = {name: _plain(getattr(self, name)) for name in sections}
+        for setting in leave_out:
+            section, name = setting.split(".")
+            data.get(section, {}).pop(name, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

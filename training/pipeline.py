@@ -3,7 +3,9 @@
 world → index → oracle → tokenizer → base → teacher → tgo → cold-start → rl → results. Each stage writes into the
 run directory and records a fingerprint of the settings it read; a re-run skips a stage whose
 fingerprint still matches, resumes one that was interrupted with the same settings, and starts over
-(clearing its outputs) one whose settings changed.
+(clearing its outputs) one whose settings changed. A stage that trains several methods, each in its
+own folder, only re-runs when just the list of methods changed: the methods it has already trained
+resume at their end, so adding a baseline trains only that baseline.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Stage:
     run: Callable[[PipelineConfig, Path], dict]
     outputs: tuple[str, ...] = ()  # run-relative paths cleared when the stage starts over
     needed: Callable[[PipelineConfig], bool] = lambda cfg: True
+    selectors: tuple[str, ...] = ()  # settings that only pick which methods run: changing them clears nothing
 
 
 def _world(cfg: PipelineConfig, run: Path) -> dict:
@@ -69,8 +72,11 @@ STAGES = (
     Stage("base", (*MODELS, "store", "agent", "eval"), stages.base_stage, ("base",), _trains_own_models),
     Stage("teacher", (*MODELS, "store", "agent", "eval", "teacher"), stages.teacher_stage, ("teacher",)),
     Stage("tgo", (*MODELS, "store", "agent", "teacher", "tgo"), stages.tgo_stage, ("tgo",)),
-    Stage("cold-start", (*MODELS, "store", "agent", "eval", "teacher", "tgo", "cold_start"), stages.cold_start_stage, ("cold_start",)),
-    Stage("rl", (*MODELS, "store", "agent", "eval", "teacher", "tgo", "cold_start", "rl"), stages.rl_stage, ("rl",), lambda cfg: cfg.rl.steps > 0),
+    Stage("cold-start", (*MODELS, "store", "agent", "eval", "teacher", "tgo", "cold_start"), stages.cold_start_stage, ("cold_start",),
+          selectors=("cold_start.method", "cold_start.baselines")),
+    # RL starts from cold_start/<cold_start.method>, so that one is not a selector here.
+    Stage("rl", (*MODELS, "store", "agent", "eval", "teacher", "tgo", "cold_start", "rl"), stages.rl_stage, ("rl",), lambda cfg: cfg.rl.steps > 0,
+          selectors=("cold_start.baselines", "rl.method", "rl.baselines")),
     Stage("results", (*MODELS, "store", "agent", "eval", "teacher", "tgo", "cold_start", "rl"), stages.results_stage, ("arc",)),
 )
 
@@ -119,7 +125,7 @@ def _run_stage(stage: Stage, cfg: PipelineConfig, run: Path) -> dict:
         if record["fingerprint"] == fingerprint:
             console.print(f"[green]✓[/green] {stage.name}: cached ({record['seconds']:.1f} s when run)")
             return record["summary"]
-    _start_or_resume(stage, fingerprint, run)
+    _start_or_resume(stage, cfg.fingerprint(*stage.sections, leave_out=stage.selectors), run)
     console.print(f"[bold]▶ {stage.name}[/bold]")
     start = time.perf_counter()
     summary = json.loads(json.dumps(stage.run(cfg, run)))  # as a cached run would read it back
@@ -131,7 +137,8 @@ def _run_stage(stage: Stage, cfg: PipelineConfig, run: Path) -> dict:
 
 
 def _start_or_resume(stage: Stage, fingerprint: str, run: Path) -> None:
-    """Resume a stage interrupted with the same settings; clear its outputs if its settings changed."""
+    """Resume a stage interrupted (or, with other selectors, finished) with the same settings; clear its
+    outputs if its settings changed."""
     started = run / ".stages" / f"{stage.name}.started"
     if started.is_file() and started.read_text() == fingerprint:
         return
