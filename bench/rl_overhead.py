@@ -27,7 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=Path("runs/tiny"), help="a run through the cold start")
     parser.add_argument("--fresh", action="store_true", help="freshly initialised zoo models instead of the run's")
-    parser.add_argument("--batch", type=int, default=64, help="prompts per step (the tiny preset's rollouts)")
+    parser.add_argument("--batch", type=int, default=64, help="prompts per step (the tiny preset rolls out 128)")
     parser.add_argument("--steps", type=int, default=3, help="measured steps (after one warm-up step)")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="tokens per turn")
     parser.add_argument("--max-turns", type=int, default=4)
