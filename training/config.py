@@ -112,9 +112,11 @@ class RLSettings:
 
     method: str = "dgpo"
     baselines: list[str] = field(default_factory=list)
-    steps: int = 40  # 0: no RL
+    # 0: no RL. 30, not 40: on dev, 128-rollout DGPO peaks by step 30 (0.430, then 0.423 at 40), and the
+    # 10 steps saved (~4 min) keep the default run near 21 min on 2 cores (README, wall time).
+    steps: int = 30
     # Rollouts per step. At 64 the tiny policy's gradient was mostly noise and no method rose above the
-    # cold start; at 128 DGPO, PPO and GRPO all do on dev and test (bench/README.md, rl_compare).
+    # cold start; at 128 DGPO and PPO end above it on test over 3 seeds (bench/README.md, rl_compare).
     rollouts: int = 128
     group_size: int = 4  # grpo only
     lr: float = 1e-4  # tiny models: at 5e-5 approx-KL per step was ~4e-6, at 3e-4 ~1e-4 (the paper: 1e-6 at 0.5B)
