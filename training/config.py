@@ -182,11 +182,12 @@ class PipelineConfig:
 
     def fingerprint(self, *sections: str, leave_out: tuple[str, ...] = ()) -> str:
         """A short hash of the named sections, so a stage re-runs only when its inputs change;
-        ``leave_out`` names ``section.field`` settings the hash ignores."""
+        ``leave_out`` names ``section.field`` settings of those sections that the hash ignores (a
+        misspelt one is a KeyError, not a setting silently hashed)."""
         data = {name: _plain(getattr(self, name)) for name in sections}
         for setting in leave_out:
             section, name = setting.split(".")
-            data.get(section, {}).pop(name, None)
+            del data[section][name]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
