@@ -5,6 +5,9 @@
 2. Rollout throughput: model tokens per second through the batched agent graph (multi-turn, stop
    strings, retrieval) against a plain batched ``model.generate`` of the same number of tokens from the
    same prompts. Target: at least 0.7.
+3. Padding: one step's scoring pass (policy, critic and teacher forwards) in the trainer's micro-batches
+   (rows of similar length, each cut after its own longest row) against the same pass in row order,
+   every micro-batch padded to the step's longest rollout (the trainer before length sorting).
 
 Models are the run's cold-started student and its teacher, as DGPO trains them: how long rollouts
 last and how many of them are wrong (the teacher scores only those) depend on training. ``--fresh``
@@ -27,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=Path("runs/tiny"), help="a run through the cold start")
     parser.add_argument("--fresh", action="store_true", help="freshly initialised zoo models instead of the run's")
-    parser.add_argument("--batch", type=int, default=64, help="prompts per step (the tiny preset rolls out 128)")
+    parser.add_argument("--batch", type=int, default=128, help="prompts per step (the tiny preset's rl.rollouts)")
     parser.add_argument("--steps", type=int, default=3, help="measured steps (after one warm-up step)")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="tokens per turn")
     parser.add_argument("--max-turns", type=int, default=4)
@@ -60,7 +63,11 @@ def main() -> None:
     )
     trainer = RLTrainer(student, tokenizer, records, open_retriever(str(world / "chroma")), agent, config, teacher=teacher)
     trainer.train_step(1)  # warm-up: embedder, allocator, first-call overheads
+    score, seen = trainer._score, {}
+    trainer._score = lambda batch, scores: seen.update(batch=batch, scores=scores) or score(batch, scores)
     steps = [trainer.train_step(step) for step in range(2, args.steps + 2)]
+    trainer._score = score
+    padding = padding_cost(trainer, seen["batch"], seen["scores"])
 
     rollout_tokens = sum(m["response_length"] * args.batch for m in steps)
     rollout_s = sum(m["rollout_s"] for m in steps)
@@ -83,11 +90,47 @@ def main() -> None:
         "rollout_tokens_per_s": round(rollout_tokens / rollout_s, 1),
         "plain_generate_tokens_per_s": round(plain_tokens / plain_s, 1),
         "rollout_vs_plain_throughput": round(throughput_ratio, 3),
+        **padding,
         "targets": {"teacher_share_of_step": "<= 0.15", "rollout_vs_plain_throughput": ">= 0.7"},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def padding_cost(trainer, batch, scores) -> dict[str, float]:
+    """The last measured step's scoring pass, timed as the trainer runs it and with its micro-batches in
+    row order, not cut (``Batch.trimmed`` as the identity); and the share of padding each forwards."""
+    from unittest import mock
+
+    import torch
+
+    from dgpo_agent.training.rl import Batch
+
+    def in_row_order(index, batch):
+        yield from index.split(trainer.config.micro_batch_size)
+
+    def padded_share(micros) -> float:
+        positions = sum(len(index) * int(batch.attention_mask[index].sum(1).max()) for index in micros)
+        return 1 - batch.attention_mask.sum().item() / positions
+
+    rows = torch.arange(batch.input_ids.shape[0])
+    with torch.no_grad():
+        started = time.perf_counter()
+        trainer._score(batch, scores)
+        sorted_s = time.perf_counter() - started
+        with mock.patch.object(Batch, "trimmed", lambda self: self), mock.patch.object(trainer, "_micro_batches", in_row_order):
+            started = time.perf_counter()
+            trainer._score(batch, scores)
+            padded_s = time.perf_counter() - started
+    full = batch.input_ids.numel()
+    return {
+        "scoring_s_length_sorted": round(sorted_s, 3),
+        "scoring_s_padded_to_longest": round(padded_s, 3),
+        "scoring_speedup_from_length_sorting": round(padded_s / sorted_s, 3),
+        "padding_share_length_sorted": round(padded_share(list(trainer._micro_batches(rows, batch))), 3),
+        "padding_share_padded_to_longest": round(1 - batch.attention_mask.sum().item() / full, 3),
+    }
 
 
 def plain_generate(trainer, records: list[dict], batch: int, steps: list[dict]) -> tuple[int, float]:

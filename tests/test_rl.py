@@ -136,6 +136,23 @@ def test_the_teacher_runs_only_on_the_rollouts_whose_kl_is_used(tok, tmp_path, k
     assert (scored.kl[teacher_rows] != 0).sum() == batch.mask[teacher_rows].sum()
 
 
+def test_scoring_in_length_sorted_micro_batches_gives_each_row_what_it_gets_alone(tok, tmp_path):
+    """Micro-batches group rows by length and pad only to their own longest row; every row's log-probs,
+    entropy, values and teacher KL must still land on that row, as if it were scored alone."""
+    rl = trainer(tok, rl_config(tmp_path, kl_on="all", micro_batch_size=2))
+    lengths = [6, 2, 9, 4, 7]  # out of order, so sorting moves rows across micro-batches
+    trajectories = [TokenTrajectory([1, 2], [5 + i + j for j in range(n)], [0] * n, None) for i, n in enumerate(lengths)]
+    batch, scores = pack(trajectories, pad_id=0), torch.zeros(len(lengths))
+    with torch.no_grad():
+        together = rl._score(batch, scores)
+        for row, t in enumerate(trajectories):
+            alone = rl._score(pack([t], pad_id=0), scores[:1])
+            width = alone.logp.shape[1]
+            for name in ("logp", "entropy", "values", "kl"):
+                torch.testing.assert_close(getattr(together, name)[row, :width], getattr(alone, name)[0], msg=f"{name}, row {row}")
+                assert getattr(together, name)[row, width:].abs().sum() == 0, name
+
+
 def test_grpo_baseline_without_teacher(tok, tmp_path):
     config = rl_config(tmp_path, algorithm="grpo", group_size=2, max_steps=1)
     last = trainer(tok, config, teacher=False).train()

@@ -139,6 +139,11 @@ class Batch:
     def rows(self, index: torch.Tensor) -> Batch:
         return Batch(self.input_ids[index], self.attention_mask[index], self.mask[index])
 
+    def trimmed(self) -> Batch:
+        """Cut after the longest row: right padding changes no output of a causal model, only its cost."""
+        width = int(self.attention_mask.sum(1).max())
+        return Batch(self.input_ids[:, :width], self.attention_mask[:, :width], self.mask[:, :width])
+
 
 def pack(trajectories: Sequence[TokenTrajectory], pad_id: int, device: Any = "cpu") -> Batch:
     """Token trajectories as a batch: retrieved and corrective text (``env_mask`` = 1) stay in the
@@ -359,6 +364,7 @@ class RLTrainer:
         prompt and retrieved text need no logits, and the head dominates a small model's step."""
         from dgpo_agent.training.distill import head_at
 
+        batch = batch.trimmed()
         keep = torch.zeros_like(batch.mask, dtype=torch.bool)
         keep[:, :-1] = batch.mask[:, 1:].bool()
         with self.accelerator.autocast(), head_at(keep, model):
@@ -373,16 +379,22 @@ class RLTrainer:
 
     def _values(self, critic: Any, batch: Batch) -> torch.Tensor:
         """V at each token: the critic's output on the tokens before it (shifted right by one)."""
+        trimmed = batch.trimmed()
         with self.accelerator.autocast():
-            out = critic(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        return obj.to_tokens(out[:, :-1, 0].float())
+            out = critic(input_ids=trimmed.input_ids, attention_mask=trimmed.attention_mask, use_cache=False).logits
+        values = obj.to_tokens(out[:, :-1, 0].float())
+        return torch.nn.functional.pad(values, (0, batch.mask.shape[1] - values.shape[1]))
 
     def _token_logprobs(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self._on_tokens(obj.gather_logprobs(logits, batch.input_ids[batch.mask.bool()]), batch)
 
-    def _micro_batches(self, index: torch.Tensor) -> Iterator[torch.Tensor]:
+    def _micro_batches(self, index: torch.Tensor, batch: Batch) -> Iterator[torch.Tensor]:
+        """``index`` split into micro-batches of rows of similar length, shortest first, so that each
+        forward pads only to its own longest row. Rollouts run from one search to several, and a
+        micro-batch padded to the whole batch's longest spent most of its time on padding."""
         if index.numel():
-            yield from index.split(self.config.micro_batch_size)
+            lengths = batch.attention_mask[index].sum(1)
+            yield from index[lengths.argsort(stable=True)].split(self.config.micro_batch_size)
 
     def _score(self, batch: Batch, scores: torch.Tensor) -> _Scored:
         """The rollout-time quantities, without gradients: old log-probs and entropy (recomputed with
@@ -390,17 +402,17 @@ class RLTrainer:
         the rollouts that need it."""
         policy = self.accelerator.unwrap_model(self.model)
         critic = self.accelerator.unwrap_model(self.critic) if self.critic is not None else None
-        parts: dict[str, list[torch.Tensor]] = {"logp": [], "entropy": [], "values": []}
-        for index in self._micro_batches(torch.arange(batch.input_ids.shape[0], device=self.accelerator.device)):
+        logp, entropy = torch.zeros_like(batch.mask), torch.zeros_like(batch.mask)
+        values = torch.zeros_like(batch.mask) if critic is not None else None
+        for index in self._micro_batches(torch.arange(batch.input_ids.shape[0], device=self.accelerator.device), batch):
             micro = batch.rows(index)
             logits = self._forward_logits(policy, micro)
-            parts["logp"].append(self._token_logprobs(logits, micro))
-            parts["entropy"].append(self._on_tokens(obj.entropy(logits), micro))
-            if critic is not None:
-                parts["values"].append(self._values(critic, micro))
-        joined = {k: torch.cat(v) if v else None for k, v in parts.items()}
-        kl, teacher_s = self._teacher_kl(batch, joined["logp"], scores) if self.teacher is not None else (None, 0.0)
-        return _Scored(joined["logp"], joined["entropy"], joined["values"], kl, teacher_s)
+            logp[index] = self._token_logprobs(logits, micro)
+            entropy[index] = self._on_tokens(obj.entropy(logits), micro)
+            if values is not None:
+                values[index] = self._values(critic, micro)
+        kl, teacher_s = self._teacher_kl(batch, logp, scores) if self.teacher is not None else (None, 0.0)
+        return _Scored(logp, entropy, values, kl, teacher_s)
 
     def _teacher_kl(self, batch: Batch, logp: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Per-token KL to the teacher (0 elsewhere) and the seconds its forward passes took.
@@ -414,7 +426,7 @@ class RLTrainer:
         kl = torch.zeros_like(batch.mask)
         teacher_s = 0.0
         policy = self.accelerator.unwrap_model(self.model)
-        for index in self._micro_batches(needed.nonzero().squeeze(1)):
+        for index in self._micro_batches(needed.nonzero().squeeze(1), batch):
             micro = batch.rows(index)
             started = _synced_time()
             teacher_logits = self._forward_logits(self.teacher, micro)
@@ -456,7 +468,7 @@ class RLTrainer:
             order = torch.randperm(batch.input_ids.shape[0], generator=generator).to(acc.device)
             for minibatch in order.chunk(cfg.num_minibatches):
                 tokens = batch.mask[minibatch].sum().clamp(min=1)
-                micros = list(self._micro_batches(minibatch))
+                micros = list(self._micro_batches(minibatch, batch))
                 for i, index in enumerate(micros):
                     sync = contextlib.ExitStack()
                     if i < len(micros) - 1:
