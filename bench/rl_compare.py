@@ -9,6 +9,10 @@ on the entity-disjoint test split, per ``data_source``.
 
     dgpo-agent train --stop-after cold-start
     python bench/rl_compare.py --run runs/tiny --seeds 0 1 --methods dgpo ppo grpo
+
+Beside the JSON it writes the training curves of every method over the seeds (reward, dev EM, KL to
+the teacher, entropy, response length, searches) as a PNG of the same name; ``--plot-only`` redraws
+that from the seeds' logs under ``--work`` without training.
 """
 
 from __future__ import annotations
@@ -30,13 +34,18 @@ def main() -> None:
     parser.add_argument("--config", type=Path, help="YAML overrides (e.g. rl.steps), as for dgpo-agent train")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-rl"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/rl_compare.json"))
+    parser.add_argument("--plot-only", action="store_true", help="only redraw the curves from the logs under --work")
     args = parser.parse_args()
 
+    if args.plot_only:
+        print(plot(args.work, args.out.with_suffix(".png")))
+        return
     runs = {seed: run_seed(args, seed) for seed in args.seeds}
     table = summarise(runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"seeds": args.seeds, "runs": runs, "table": table}, indent=2) + "\n")
     print("\n".join(markdown(table)))
+    print(plot(args.work, args.out.with_suffix(".png")))
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict:
@@ -67,6 +76,19 @@ def link_prepared(run: Path, work: Path) -> None:
 
 def _link(src: str, dst: str) -> None:
     Path(dst).hardlink_to(src)
+
+
+def plot(work: Path, path: Path) -> Path:
+    """Every method's RL curves over the seeds under ``work`` (``seed*/rl/<method>/metrics.jsonl``)."""
+    from dgpo_agent.training.callbacks import METRICS, read_log
+    from dgpo_agent.training.plots import plot_rl_seeds
+
+    logs: dict[str, list[list[dict]]] = {}
+    for log in sorted(work.glob(f"seed*/rl/*/{METRICS}")):
+        logs.setdefault(log.parent.name, []).append(read_log(log))
+    if not logs:
+        raise SystemExit(f"no RL logs under {work}/seed*/rl/: run the benchmark first, or pass its --work")
+    return plot_rl_seeds(logs, path, f"RL methods over seeds: mean and range ({work})")
 
 
 def summarise(runs: dict[int, dict]) -> dict[str, dict[str, list[float]]]:

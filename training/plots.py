@@ -1,5 +1,5 @@
-"""The run's training curves as one PNG: loss against steps for every supervised model, the cold
-start's dev-EM curve, and each RL run's rollout reward and dev EM against RL steps."""
+"""Training curves as PNGs: a run's own (loss against steps for every supervised model, the cold
+start's dev-EM curve, each RL run's rollout reward and dev EM), and RL methods compared over seeds."""
 
 from __future__ import annotations
 
@@ -42,6 +42,53 @@ def plot_curves(run: Path) -> Path | None:
             ax.legend(fontsize=8)
     fig.tight_layout()
     path = run / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+RL_PANELS = (
+    ("reward", "rollout reward (sampled)"),
+    ("dev_em", "dev EM (greedy)"),
+    ("kl_wrong", "KL to the teacher on wrong rollouts (nats/token)"),
+    ("entropy", "entropy (nats/token)"),
+    ("response_length", "response length (tokens)"),
+    ("search_count", "searches per rollout"),
+)
+
+
+def seed_band(logs: list[list[dict]], key: str) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Steps at which every seed logged ``key``, with the mean, min and max over seeds there.
+
+    Seeds are aligned by step, not by line, so a run resumed or cut short never shifts the others.
+    """
+    by_seed = [{e["step"]: e[key] for e in log if e.get(key) is not None} for log in logs]
+    steps = sorted(set.intersection(*(set(s) for s in by_seed))) if by_seed else []
+    values = [[s[step] for s in by_seed] for step in steps]
+    return steps, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values]
+
+
+def plot_rl_seeds(logs: dict[str, list[list[dict]]], path: Path, title: str) -> Path:
+    """RL methods side by side over seeds: each panel's line is the mean over seeds, its band their
+    range. A method that does not log a metric (PPO has no teacher KL) is left out of that panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8))
+    for ax, (key, label) in zip(axes.flat, RL_PANELS):
+        for method, runs in logs.items():
+            steps, mean, low, high = seed_band(runs, key)
+            if steps:
+                line, = ax.plot(steps, mean, marker="o" if key == "dev_em" else None, label=f"{method} ({len(runs)} seeds)")
+                ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+        ax.set(title=label, xlabel="RL step")
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
