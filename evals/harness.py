@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from dgpo_agent.errors import DGPOError
 from dgpo_agent.evals.probes import run_probes
@@ -42,10 +42,23 @@ class EvalConfig:
 
 
 def evaluate(
-    records: Sequence[dict], policy, retriever, config: EvalConfig, path: Path, label: str = "eval"
+    records: Sequence[dict],
+    policy,
+    retriever,
+    config: EvalConfig,
+    path: Path,
+    label: str = "eval",
+    made_by: Mapping[str, Any] | None = None,
 ) -> list[dict]:
     """Trajectory rows for ``records``: the question record, the agent's ``answer``, ``steps`` and
-    ``segments``, its ``probes`` (None without gold evidence) and ``scores``; appended to ``path``."""
+    ``segments``, its ``probes`` (None without gold evidence) and ``scores``; appended to ``path``.
+
+    ``made_by`` (the model, its weights, the data) is recorded with the settings beside ``path``, and a
+    resume refuses rows that another model, other weights or other settings wrote there: otherwise a
+    checkpoint retrained in place would be reported with its old trajectories.
+    """
+    if made_by is not None:
+        _claim(path, {**made_by, **config.describe()})
 
     def run(chunk: list[dict]) -> list[dict]:
         states = run_batch([r["question"] for r in chunk], policy, retriever, config.agent)
@@ -97,7 +110,7 @@ def evaluate_models(
     """Evaluate each ``(name, model spec)`` in turn on ``records`` from the file ``data``.
 
     Trajectories go to ``out/trajectories/<name>.jsonl`` beside the settings they were made with; a
-    re-run resumes them, and refuses to mix in rows made with other settings or data.
+    re-run resumes them, and refuses to mix in rows made with other settings, data or weights.
     """
     from dgpo_agent.agent import resolve_policy
 
@@ -105,10 +118,10 @@ def evaluate_models(
     results = {"data": describe_data(records, data), "settings": config.describe(), "models": []}
     for name, spec in models:
         path = out / "trajectories" / f"{name}.jsonl"
-        digest = results["data"]["sha256"]
-        _claim(path.with_suffix(".settings.json"), {"model": str(spec), "data_sha256": digest, **config.describe()})
+        made_by = {**model_identity(spec), "data_sha256": results["data"]["sha256"]}
+        _claim(path, {**made_by, **config.describe()})  # before loading the model: refuse early
         policy = resolve_policy(spec, **policy_kwargs)
-        rows = evaluate(records, policy, retriever, config, path, label=name)
+        rows = evaluate(records, policy, retriever, config, path, label=name, made_by=made_by)
         results["models"].append({"name": name, "model": str(spec), "metrics": metrics(rows)})
     return results
 
@@ -124,13 +137,48 @@ def describe_data(records: Sequence[dict], data: Path) -> dict:
     }
 
 
-def _claim(path: Path, settings: dict) -> None:
-    """Record the settings a trajectory file is made with; refuse to resume one made with others."""
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def model_identity(spec: Any) -> dict[str, Any]:
+    """What made a model's trajectories: its spec and, for a local checkpoint, the SHA-256 of its
+    weight files (hub names and servers have no local weights to hash, so their spec stands alone)."""
+    return {"model": str(spec), "weights_sha256": weights_sha256(spec)}
+
+
+def weights_sha256(spec: Any) -> str | None:
+    """SHA-256 over a local checkpoint's weight files (names and contents, in name order), or over a
+    single weights file; None for anything else."""
+    path = Path(str(spec))
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    else:
+        return None
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        with file.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _claim(trajectories: Path, settings: dict) -> None:
+    """Record what made a trajectory file (``<name>.settings.json`` beside it); refuse to resume one
+    that other settings, data or weights made."""
+    path = trajectories.with_suffix(".settings.json")
     settings = json.loads(json.dumps(settings))  # tuples as JSON lists, to compare with what was written
-    if path.is_file() and json.loads(path.read_text()) != settings:
-        raise DGPOError(
-            f"{path.parent.parent} holds trajectories made with other settings or data ({path.name}): "
-            "pass a new --out, or delete that directory"
-        )
+    if path.is_file():
+        claimed = json.loads(path.read_text())
+        changed = sorted(k for k in settings.keys() | claimed.keys() if settings.get(k) != claimed.get(k))
+        if changed:
+            raise DGPOError(
+                f"{trajectories} holds trajectories made with other settings or data ({', '.join(changed)} "
+                f"differ, see {path.name}): delete both files, or write elsewhere (dgpo-agent eval: a new --out)"
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from dgpo_agent.backends.base import Completion
 from dgpo_agent.cli import app
 from dgpo_agent.errors import DGPOError
-from dgpo_agent.evals.harness import EvalConfig, evaluate, metrics, model_spec
+from dgpo_agent.evals.harness import EvalConfig, evaluate, metrics, model_spec, weights_sha256
 from dgpo_agent.protocol import information, render_prompt
 from dgpo_agent.rollout import AgentConfig
 from tests.fakes import CORPUS, KeywordRetriever
@@ -90,6 +90,33 @@ def test_harness_runs_agent_and_probes_in_batches_with_exact_metrics(tmp_path):
     one_by_one = evaluate(RECORDS, EvidenceReader(), StoreRetriever(), EvalConfig(AgentConfig(max_turns=2), 1),
                           tmp_path / "seq.jsonl")
     assert one_by_one == rows
+
+
+def test_a_resume_refuses_rows_that_other_weights_wrote_and_keeps_them(tmp_path):
+    path, config = tmp_path / "t.jsonl", EvalConfig(AgentConfig(max_turns=2))
+    made_by = {"model": "runs/x/final", "weights_sha256": "aaa"}
+    rows = evaluate(RECORDS[:2], EvidenceReader(), StoreRetriever(), config, path, made_by=made_by)
+    written = path.read_text()
+    policy = EvidenceReader()
+    assert evaluate(RECORDS[:2], policy, StoreRetriever(), config, path, made_by=made_by) == rows and policy.calls == []
+    with pytest.raises(DGPOError, match=r"other settings or data \(weights_sha256 differ.*delete both files"):
+        evaluate(RECORDS, EvidenceReader(), StoreRetriever(), config, path, made_by={**made_by, "weights_sha256": "bbb"})
+    with pytest.raises(DGPOError, match=r"\(max_turns differ"):
+        evaluate(RECORDS, EvidenceReader(), StoreRetriever(), EvalConfig(AgentConfig(max_turns=3)), path, made_by=made_by)
+    assert path.read_text() == written  # nothing appended, nothing lost
+
+
+def test_weights_digest_follows_the_weight_files_only(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"weights v1")
+    (tmp_path / "config.json").write_text("{}")
+    first = weights_sha256(tmp_path)
+    (tmp_path / "test.jsonl").write_text("rows")  # what evaluation writes beside the weights
+    (tmp_path / "config.json").write_text('{"x": 1}')
+    assert weights_sha256(tmp_path) == weights_sha256(str(tmp_path)) == first
+    (tmp_path / "model.safetensors").write_bytes(b"weights v2")
+    assert weights_sha256(tmp_path) != first
+    assert weights_sha256(tmp_path / "model.safetensors") not in (None, first)
+    assert weights_sha256("Qwen/Qwen2.5-0.5B-Instruct") is None and weights_sha256("oracle") is None
 
 
 def test_probes_need_a_store_that_fetches_by_id(tmp_path):
@@ -185,6 +212,13 @@ def test_compare_the_oracle_and_a_tiny_checkpoint_on_searchr1_data(tmp_path, sma
     assert all(row["probes"]["think"]["text"].startswith("<think>") or not row["probes"]["think"]["prefilled"]
                for row in rows)
     assert "em_think" in json.loads((runs[0] / "metrics.json").read_text())["models"][0]["metrics"]["all"]
+
+    # Retrained in place: the same --out refuses to report the new weights with the old trajectories.
+    tiny_qwen2(tokenizer, seed=1).save_pretrained(tmp_path / "tiny")
+    again = CliRunner().invoke(app, ["eval", "--model", f"tiny={tmp_path / 'tiny'}", "--data", str(small_world / "test.jsonl"),
+                                     "--limit", "6", "--out", str(runs[0]), "--batch-size", "6", *map(str, tiny)])
+    assert isinstance(again.exception, DGPOError) and "weights_sha256 differ" in str(again.exception)
+    assert (runs[0] / "trajectories" / "tiny.jsonl").read_text() == first
 
 
 @pytest.mark.parametrize(

@@ -18,13 +18,16 @@ def greedy_config(max_turns: int, top_k: int, max_new_tokens: int) -> AgentConfi
     return AgentConfig(max_turns=max_turns, top_k=top_k, sampling=SamplingParams(max_new_tokens=max_new_tokens))
 
 
-def evaluate_policy(policy: Any, records: list[dict], retriever: Any, config: AgentConfig, path: Path, label: str) -> dict:
+def evaluate_policy(
+    policy: Any, records: list[dict], retriever: Any, config: AgentConfig, path: Path, label: str, made_by: dict | None = None
+) -> dict:
     """Roll ``records`` out through the ARC harness (trajectories and evidence probes kept in
-    ``path``, resumable), write every metric per data source to ``<path>.metrics.json`` (what the
-    run's ARC report reads) and return the headline metrics per data source."""
+    ``path``, resumable by whatever ``made_by`` names), write every metric per data source to
+    ``<path>.metrics.json`` (what the run's ARC report reads) and return the headline metrics per
+    data source."""
     from dgpo_agent.evals.harness import EvalConfig, evaluate, metrics
 
-    rows = evaluate(records, policy, retriever, EvalConfig(config), path, label=label)
+    rows = evaluate(records, policy, retriever, EvalConfig(config), path, label=label, made_by=made_by)
     full = metrics(rows)
     path.with_suffix(".metrics.json").write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
     return headline(full)

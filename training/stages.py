@@ -83,6 +83,7 @@ def evaluate_dir(
 ) -> dict:
     """Greedy test metrics of the model in ``model_dir`` on the first ``cfg.eval.questions`` test
     questions (or fewer, ``questions``); trajectories in ``<out or model_dir>/test.jsonl``."""
+    from dgpo_agent.evals.harness import model_identity
     from dgpo_agent.training.evaluate import evaluate_policy, greedy_config
 
     agent = greedy_config(cfg.agent.max_turns, cfg.agent.top_k, cfg.eval.max_new_tokens)
@@ -90,7 +91,8 @@ def evaluate_dir(
     path.parent.mkdir(parents=True, exist_ok=True)
     limits = [n for n in (cfg.eval.questions, questions) if n is not None]
     records = _questions(run, "test", min(limits) if limits else None)
-    return evaluate_policy(_policy(model_dir), records, _store(cfg, run), agent, path, label=f"test {label}")
+    policy = _policy(model_dir)
+    return evaluate_policy(policy, records, _store(cfg, run), agent, path, f"test {label}", model_identity(model_dir))
 
 
 def _training_args(cfg_section: Any, out: Path, **extra: Any) -> Any:
