@@ -257,19 +257,22 @@ def _merge(base: dict, extra: dict) -> dict:
     return merged
 
 
-def _build(cls: type, values: dict) -> Any:
-    """Instantiate a (nested) config dataclass, rejecting unknown keys with the list of valid ones."""
+def _build(cls: type, values: dict, where: str = "") -> Any:
+    """Instantiate a (nested) config dataclass, rejecting unknown keys with the list of valid ones.
+    ``where`` is the YAML path of ``values`` (``rl.``), so errors name the key the user wrote."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
     if unknown:
-        raise DGPOError(f"unknown setting(s) {', '.join(sorted(unknown))} in {cls.__name__}: valid are {', '.join(fields)}")
+        keys = ", ".join(where + k for k in sorted(unknown))
+        scope = f"in {where.rstrip('.')}" if where else "at the top level"
+        raise DGPOError(f"unknown setting(s) {keys}: the valid ones {scope} are {', '.join(fields)}")
     kwargs = {}
     for name, value in values.items():
         sub = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
         if sub and dataclasses.is_dataclass(sub()) and isinstance(value, dict):
-            kwargs[name] = _build(type(sub()), value)
+            kwargs[name] = _build(type(sub()), value, f"{where}{name}.")
         else:
-            kwargs[name] = as_number(cls.__name__, name, fields[name].default, value)
+            kwargs[name] = as_number(where.rstrip("."), name, fields[name].default, value)
     return cls(**kwargs)
 
 
@@ -280,4 +283,5 @@ def as_number(section: str, name: str, default: Any, value: Any) -> Any:
     try:
         return type(default)(value)
     except ValueError:
-        raise DGPOError(f"{section}.{name} must be a number, not {value!r}") from None
+        key = f"{section}.{name}" if section else name
+        raise DGPOError(f"{key} must be a number, not {value!r}") from None
