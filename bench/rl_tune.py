@@ -46,7 +46,7 @@ def main() -> None:
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     start = stages.train_rl_method(cfg, args.run, args.method, args.work / args.name)
     if results.get("start", {}).get("key") != [str(start), args.dev]:
-        score = stages._dev_em(cfg, args.run, stages._student_tokenizer(cfg, args.run), args.dev)
+        score = stages.dev_em(cfg, args.run, stages.student_tokenizer(cfg, args.run), args.dev)
         results["start"] = {"key": [str(start), args.dev], "dev_em": score(stages.load_model(start).eval())["em"]}
     log = read_log(args.work / args.name / METRICS_FILE)
     window = max(1, cfg.rl.eval_every)

@@ -267,7 +267,7 @@ def _cold_start(cfg: PipelineConfig, run: Path, method: str) -> dict:
 
     c = cfg.cold_start
     out = run / "cold_start" / method
-    tokenizer = _student_tokenizer(cfg, run)
+    tokenizer = student_tokenizer(cfg, run)
     teacher = load_model(cfg.teacher.model or run / "teacher").eval() if method == "kd" else None
     weights = dict(kd_lambda=c.kd_lambda, ce_weight=c.ce_weight, temperature=c.temperature) if teacher else dict(kd_lambda=0.0)
     stream = PretrainConfig(seq_len=cfg.base.seq_len, copy_fraction=cfg.base.copy_fraction, seed=c.seed + 2)
@@ -280,7 +280,7 @@ def _cold_start(cfg: PipelineConfig, run: Path, method: str) -> dict:
         train_dataset=dataset,
     )
     if c.eval_every:
-        trainer.add_callback(EMCurve(_dev_em(cfg, run, tokenizer, c.eval_questions), c.eval_every))
+        trainer.add_callback(EMCurve(dev_em(cfg, run, tokenizer, c.eval_questions), c.eval_every))
     metrics = train_resumable(trainer)
     write_store_record(out, store_dir(run))
     return {
@@ -290,7 +290,8 @@ def _cold_start(cfg: PipelineConfig, run: Path, method: str) -> dict:
     }
 
 
-def _student_tokenizer(cfg: PipelineConfig, run: Path) -> Any:
+def student_tokenizer(cfg: PipelineConfig, run: Path) -> Any:
+    """The student's tokenizer: a given checkpoint's own, or the run's world tokenizer."""
     if cfg.cold_start.student:
         from transformers import AutoTokenizer
 
@@ -298,8 +299,9 @@ def _student_tokenizer(cfg: PipelineConfig, run: Path) -> Any:
     return load_tokenizer(run)
 
 
-def _dev_em(cfg: PipelineConfig, run: Path, tokenizer: Any, questions: int) -> Any:
-    """model → EM on the first ``questions`` dev questions, greedy, for the training curves."""
+def dev_em(cfg: PipelineConfig, run: Path, tokenizer: Any, questions: int) -> Any:
+    """model → EM on the first ``questions`` dev questions, greedy: the training curves' points, and
+    what dev-only tuning (``bench/rl_tune.py``) scores settings by."""
     from dgpo_agent.backends.transformers import TransformersPolicy
     from dgpo_agent.training.evaluate import greedy_config, quick_em
 
@@ -358,10 +360,10 @@ def train_rl_method(cfg: PipelineConfig, run: Path, method: str, out: Path) -> P
         num_minibatches=r.num_minibatches, max_steps=r.steps, save_every=r.save_every, eval_every=r.eval_every,
         seed=r.seed, temperature=r.temperature,
     )
-    tokenizer = _student_tokenizer(cfg, run)
+    tokenizer = student_tokenizer(cfg, run)
     teacher = load_model(cfg.teacher.model or run / "teacher") if guided else None
     agent = AgentConfig(max_turns=cfg.agent.max_turns, top_k=cfg.agent.top_k, sampling=SamplingParams(max_new_tokens=r.max_new_tokens))
-    evaluate = _dev_em(cfg, run, tokenizer, r.eval_questions) if r.eval_every else None
+    evaluate = dev_em(cfg, run, tokenizer, r.eval_questions) if r.eval_every else None
     train_rl(load_model(start), tokenizer, _questions(run, "train"), _store(cfg, run), agent, config, teacher=teacher, evaluate=evaluate)
     return start
 
