@@ -86,16 +86,17 @@ class ColdStartSettings:
     student: str | None = None  # an HF checkpoint instead of the base student
     method: str = "kd"
     baselines: list[str] = field(default_factory=list)
-    # Dev EM (100 questions) with lm_fraction 0.2: 0.15 / 0.36 / 0.45 / 0.45 / 0.43 at steps 600 / 800 /
-    # 1,200 / 1,400 / 1,800 of a 2,000-step run; without the stream it stalled at 0.17 (1,555 trajectories).
-    steps: int = 1200
+    # Copying unseen names into queries forms abruptly between ~800 and ~1,500 steps. Final dev EM (100
+    # questions) of runs from one TGO: 0.28 at 1,200 steps, 0.51 at 1,800, 0.49 at 2,400 (bench/README.md,
+    # cold start length). Without the lm_fraction stream it stalled at 0.17.
+    steps: int = 1800
     batch_size: int = 8
     lr: float = 1e-3
     kd_lambda: float = 1.0
     ce_weight: float = 0.0
     temperature: float = 1.0
     lm_fraction: float = 0.2  # share of examples from the base pretraining stream (keeps copying alive)
-    eval_every: int = 200  # steps between dev-EM points of the curve (0: none)
+    eval_every: int = 300  # steps between dev-EM points of the curve (0: none)
     eval_questions: int = 100
     seed: int = 0
 
