@@ -49,12 +49,16 @@ def index(
     query_prefix: str = typer.Option("", help="Prefix for queries, e.g. 'query: ' for e5 models."),
     passage_prefix: str = typer.Option("", help="Prefix for passages, e.g. 'passage: ' for e5 models."),
     batch_size: int = typer.Option(256, help="Passages embedded and added per batch."),
+    ef_construction: Optional[int] = typer.Option(None, help="HNSW build-time candidates (Chroma's default 100); fixed at build."),
+    max_neighbors: Optional[int] = typer.Option(None, help="HNSW links per node, 'M' (Chroma's default 16); fixed at build."),
+    ef_search: Optional[int] = typer.Option(None, help="HNSW query-time candidates (Chroma's default 100); can change later."),
 ) -> None:
     """Index a corpus into a Chroma store. Re-running adds only what is missing (safe to resume)."""
     from dgpo_agent.store import Embedder, index_corpus
 
     emb = Embedder(embedder, query_prefix=query_prefix, passage_prefix=passage_prefix) if embedder or query_prefix or passage_prefix else None
-    result = index_corpus(corpus, store, collection=collection, embedder=emb, batch_size=batch_size)
+    hnsw = {k: v for k, v in dict(ef_construction=ef_construction, max_neighbors=max_neighbors, ef_search=ef_search).items() if v is not None}
+    result = index_corpus(corpus, store, collection=collection, embedder=emb, batch_size=batch_size, hnsw=hnsw)
     typer.echo(f"store {store} (collection {collection}) holds {result.count()} passages")
 
 

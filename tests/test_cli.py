@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dgpo_agent.cli import app
+from dgpo_agent.store import ChromaStore
 
 HEAVY = ("torch", "transformers", "chromadb", "langgraph", "sentence_transformers", "langchain_core")
 
@@ -53,8 +54,9 @@ def test_world_index_ask_with_the_oracle(tmp_path, small_world):
     # Same seed, same files as the session's small world.
     assert (out / "corpus.jsonl").read_bytes() == (small_world / "corpus.jsonl").read_bytes()
     store = tmp_path / "chroma"
-    result = runner.invoke(app, ["index", str(out / "corpus.jsonl"), "--store", str(store)])
+    result = runner.invoke(app, ["index", str(out / "corpus.jsonl"), "--store", str(store), "--max-neighbors", "32"])
     assert result.exit_code == 0, result.output
+    assert ChromaStore(store).hnsw()["max_neighbors"] == 32
     n_passages = sum(1 for _ in (out / "corpus.jsonl").open())
     assert f"holds {n_passages} passages" in result.output
     record = next(r for r in map(json.loads, (out / "test.jsonl").open()) if r["hops"] == 2)

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from dgpo_agent.errors import DGPOError
+from dgpo_agent.store import ChromaStore
 from dgpo_agent.training.config import load_config
 from dgpo_agent.training.pipeline import run_pipeline
 
@@ -14,6 +15,7 @@ from dgpo_agent.training.pipeline import run_pipeline
 SCRATCH = """
 starting_point: scratch
 world: {size: small}
+store: {max_neighbors: 24, ef_search: 150}
 tokenizer: {vocab_size: 1024}
 base: {student_steps: 40, teacher_steps: 40, seq_len: 128}
 teacher: {steps: 40}
@@ -34,6 +36,8 @@ def test_scratch_pipeline_runs_caches_and_reports(tmp_path):
     summaries = run_pipeline(cfg, stop_after="teacher")
     assert list(summaries) == ["world", "index", "oracle", "tokenizer", "base", "teacher"]
     assert summaries["index"]["passages"] == sum(1 for _ in (tmp_path / "run/world/corpus.jsonl").open())
+    assert ChromaStore(tmp_path / "run/world/chroma", must_exist=True).hnsw() == {
+        "ef_construction": 100, "max_neighbors": 24, "ef_search": 150}  # store settings reach the index; the rest is Chroma's
     assert summaries["oracle"]["test"]["em"] >= 0.9 and summaries["oracle"]["test"]["evidence_recall"] >= 0.95
     assert list(summaries["oracle"]) == ["train", "dev", "test"]  # the teacher trains on the train demonstrations
     assert summaries["tokenizer"] == {"source": "trained", "vocab": 1024}

@@ -178,6 +178,22 @@ def test_reopening_rebuilds_the_recorded_embedder_and_refuses_another(store):
         ChromaStore(store.location, embedder=Embedder("intfloat/e5-base-v2"))
 
 
+def test_hnsw_parameters_are_set_at_build_kept_on_reopen_and_ef_search_can_change(tmp_path, corpus, embedder):
+    built = index_corpus(corpus, tmp_path / "db", embedder=embedder, progress=False,
+                         hnsw={"ef_construction": 200, "max_neighbors": 32, "ef_search": 150})
+    assert built.hnsw() == {"ef_construction": 200, "max_neighbors": 32, "ef_search": 150}
+    reopened = ChromaStore(tmp_path / "db", must_exist=True, hnsw={"ef_search": 300})
+    assert reopened.hnsw()["ef_search"] == 300 and ChromaStore(tmp_path / "db").hnsw()["ef_search"] == 300
+    assert [d["id"] for d in reopened.search(list(PARAPHRASES), k=1)[0]] == [next(iter(PARAPHRASES.values()))]
+    with pytest.raises(DGPOError, match=r"built with max_neighbors=32, not max_neighbors=16: .*index into a new store"):
+        ChromaStore(tmp_path / "db", hnsw={"max_neighbors": 16})
+    with pytest.raises(DGPOError, match="unknown HNSW setting.*M: the valid ones are ef_construction"):
+        ChromaStore(tmp_path / "other", hnsw={"M": 16})
+    with pytest.raises(DGPOError, match="HNSW ef_search must be a positive integer, not 0"):
+        ChromaStore(tmp_path / "other", hnsw={"ef_search": 0})
+    assert not (tmp_path / "other").exists()  # refused before anything was created
+
+
 def test_chroma_never_runs_its_default_embedding_function(tmp_path, corpus, embedder, monkeypatch):
     """Chroma's default EF downloads an ONNX model; every add and query must use our vectors instead."""
     from chromadb.api.types import DefaultEmbeddingFunction

@@ -46,7 +46,8 @@ def _index(cfg: PipelineConfig, run: Path) -> dict:
 
     embedder = Embedder(cfg.store.embedder) if cfg.store.embedder else None
     store = index_corpus(
-        stages.world_dir(run) / "corpus.jsonl", stages.store_dir(run), cfg.store.collection, embedder, cfg.store.batch_size
+        stages.world_dir(run) / "corpus.jsonl", stages.store_dir(run), cfg.store.collection, embedder, cfg.store.batch_size,
+        hnsw=cfg.store.hnsw(),
     )
     return {"passages": store.count()}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import chromadb
@@ -24,7 +24,12 @@ from dgpo_agent.store.corpus import read_corpus
 from dgpo_agent.store.embeddings import Embedder
 
 EMBEDDER_KEY = "dgpo_embedder"  # collection metadata: the JSON of Embedder.describe()
-HNSW = {"hnsw": {"space": "cosine"}}
+# The HNSW settings a store may be built with. ef_construction and max_neighbors shape the graph when
+# it is built; ef_search, the candidates kept per query, can change on an existing store. Chroma's
+# defaults (100 / 100 / 16) gave recall@3 0.995 against exact search on the tiny world; 200 / 200 / 32
+# gave 0.9995 at +75% query time.
+HNSW_BUILD = ("ef_construction", "max_neighbors")
+HNSW_KEYS = (*HNSW_BUILD, "ef_search")
 SETTINGS = Settings(anonymized_telemetry=False)
 
 
@@ -95,7 +100,9 @@ class ChromaStore:
 
     ``location`` is a local directory or an ``http(s)://host:port`` URL of a ``chroma run`` server. The
     embedder is recorded in the collection when it is created; reopening without one rebuilds it from that
-    record, and an explicit embedder that disagrees with it is refused.
+    record, and an explicit embedder that disagrees with it is refused. ``hnsw`` (keys of ``HNSW_KEYS``)
+    sets the cosine index's parameters when the collection is created; on an existing one ``ef_search`` is
+    changed, and build parameters that disagree with the collection's are refused.
     """
 
     def __init__(
@@ -104,12 +111,15 @@ class ChromaStore:
         collection: str = "dgpo",
         embedder: Embedder | None = None,
         must_exist: bool = False,
+        hnsw: Mapping[str, int] | None = None,
     ) -> None:
         self.location = str(location)
         self.name = collection
+        hnsw = _check_hnsw(hnsw or {})
         self._client = _connect(self.location, must_exist)
-        self._collection = self._get() if must_exist else self._get_or_create(embedder or Embedder())
+        self._collection = self._get() if must_exist else self._get_or_create(embedder or Embedder(), hnsw)
         self.embedder = self._recorded_embedder(embedder)
+        self._apply_hnsw(hnsw)
 
     def __repr__(self) -> str:
         return f"ChromaStore({self.location!r}, collection={self.name!r}, embedder={self.embedder!r})"
@@ -122,11 +132,11 @@ class ChromaStore:
                 f"no collection {self.name!r} in the store at {self.location}: {_index_hint(self.location)}"
             ) from exc
 
-    def _get_or_create(self, embedder: Embedder) -> Any:
+    def _get_or_create(self, embedder: Embedder, hnsw: Mapping[str, int]) -> Any:
         """Open the collection, creating it (cosine HNSW, embedder recorded) if it does not exist."""
         return self._client.get_or_create_collection(
             self.name,
-            configuration=HNSW,
+            configuration={"hnsw": {"space": "cosine", **hnsw}},
             metadata={EMBEDDER_KEY: json.dumps(embedder.describe(), sort_keys=True)},
             embedding_function=None,
         )
@@ -150,6 +160,25 @@ class ChromaStore:
                 f"{given.describe()}: use the recorded embedder (pass none) or index into a new store"
             )
         return given
+
+    def hnsw(self) -> dict[str, int]:
+        """The collection's HNSW parameters (``HNSW_KEYS``)."""
+        current = (self._collection.configuration or {}).get("hnsw") or {}
+        return {k: current[k] for k in HNSW_KEYS if k in current}
+
+    def _apply_hnsw(self, hnsw: Mapping[str, int]) -> None:
+        """Refuse build parameters the collection was not built with; set ``ef_search`` if it differs."""
+        current = self.hnsw()
+        built = {k: current.get(k) for k in HNSW_BUILD if k in hnsw and hnsw[k] != current.get(k)}
+        if built:
+            asked = ", ".join(f"{k}={hnsw[k]}" for k in built)
+            has = ", ".join(f"{k}={v}" for k, v in built.items())
+            raise DGPOError(
+                f"the store at {self.location} was built with {has}, not {asked}: these fix the index when it "
+                "is built, so index into a new store (or delete this one) to change them"
+            )
+        if "ef_search" in hnsw and hnsw["ef_search"] != current.get("ef_search"):
+            self._collection.modify(configuration={"hnsw": {"ef_search": hnsw["ef_search"]}})
 
     # ------------------------------------------------------------------------------------- writing
 
@@ -231,6 +260,16 @@ def _doc(id: str, text: str | None, metadata: dict | None, score: float) -> Doc:
     return Doc(id=id, title=str((metadata or {}).get("title", "")), text=text or "", score=score)
 
 
+def _check_hnsw(hnsw: Mapping[str, Any]) -> dict[str, int]:
+    unknown = sorted(set(hnsw) - set(HNSW_KEYS))
+    if unknown:
+        raise DGPOError(f"unknown HNSW setting(s) {', '.join(unknown)}: the valid ones are {', '.join(HNSW_KEYS)}")
+    for key, value in hnsw.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DGPOError(f"HNSW {key} must be a positive integer, not {value!r}")
+    return dict(hnsw)
+
+
 def index_corpus(
     corpus_path: str | Path,
     location: str | Path,
@@ -238,9 +277,10 @@ def index_corpus(
     embedder: Embedder | None = None,
     batch_size: int = 256,
     progress: bool = True,
+    hnsw: Mapping[str, int] | None = None,
 ) -> ChromaStore:
     """Index (or finish indexing) a JSONL corpus into a store and return the store."""
     records = read_corpus(corpus_path)
-    store = ChromaStore(location, collection, embedder)
+    store = ChromaStore(location, collection, embedder, hnsw=hnsw)
     store.ingest(records, batch_size=batch_size, progress=progress)
     return store
