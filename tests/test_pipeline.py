@@ -7,7 +7,7 @@ import pytest
 
 from dgpo_agent.errors import DGPOError
 from dgpo_agent.store import ChromaStore
-from dgpo_agent.training.config import load_config
+from dgpo_agent.training.config import StoreSettings, load_config
 from dgpo_agent.training.pipeline import run_pipeline
 
 
@@ -204,6 +204,22 @@ def test_smoke_preset_runs_the_default_path_end_to_end(tmp_path):
     report = (tmp_path / "run/report.md").read_text()
     assert "| teacher |" in report and "| cold start (kd) |" in report and "![training curves](curves.png)" in report
     assert "| dgpo |" in report and (tmp_path / "run/arc/report.md").is_file()
+
+
+def test_a_new_optional_setting_keeps_existing_fingerprints_and_a_set_one_changes_them():
+    cfg = load_config("tiny")
+    before = cfg.fingerprint("store", "rl")
+
+    @dataclasses.dataclass
+    class NewerStoreSettings(StoreSettings):  # a release that adds an optional setting
+        shards: int | None = None
+
+    cfg.store = NewerStoreSettings()
+    assert cfg.fingerprint("store", "rl") == before  # existing runs keep their cached stages
+    cfg.store.shards = 4
+    assert cfg.fingerprint("store", "rl") != before
+    cfg.store.shards, cfg.store.ef_search = None, 200
+    assert cfg.fingerprint("store", "rl") != before
 
 
 def test_qwen_preset_loads_and_validates(tmp_path, monkeypatch):

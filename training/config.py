@@ -199,11 +199,17 @@ class PipelineConfig:
         for setting in leave_out:
             section, name = setting.split(".")
             del data[section][name]
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(_set_only(data), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _plain(value: Any) -> Any:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def _set_only(data: dict) -> dict:
+    """The settings that are set: None means unset, so a new optional setting (None by default) leaves
+    every existing run's fingerprints, and its cached stages, as they were."""
+    return {k: _set_only(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
