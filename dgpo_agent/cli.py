@@ -57,7 +57,7 @@ def index(
     from dgpo_agent.store import Embedder, index_corpus
 
     emb = Embedder(embedder, query_prefix=query_prefix, passage_prefix=passage_prefix) if embedder or query_prefix or passage_prefix else None
-    hnsw = {k: v for k, v in dict(ef_construction=ef_construction, max_neighbors=max_neighbors, ef_search=ef_search).items() if v is not None}
+    hnsw = dict(ef_construction=ef_construction, max_neighbors=max_neighbors, ef_search=ef_search)
     result = index_corpus(corpus, store, collection=collection, embedder=emb, batch_size=batch_size, hnsw=hnsw)
     typer.echo(f"store {store} (collection {collection}) holds {result.count()} passages")
 

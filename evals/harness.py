@@ -119,9 +119,9 @@ def evaluate_models(
     for name, spec in models:
         path = out / "trajectories" / f"{name}.jsonl"
         made_by = {**model_identity(spec), "data_sha256": results["data"]["sha256"]}
-        _claim(path, {**made_by, **config.describe()})  # before loading the model: refuse early
+        _claim(path, {**made_by, **config.describe()})  # here, not in evaluate(): refuse before loading the model
         policy = resolve_policy(spec, **policy_kwargs)
-        rows = evaluate(records, policy, retriever, config, path, label=name, made_by=made_by)
+        rows = evaluate(records, policy, retriever, config, path, label=name)
         results["models"].append({"name": name, "model": str(spec), "metrics": metrics(rows)})
     return results
 

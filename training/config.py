@@ -34,10 +34,9 @@ class StoreSettings:
     max_neighbors: int | None = None
     ef_search: int | None = None
 
-    def hnsw(self) -> dict[str, int]:
-        """The HNSW parameters that are set, as ``ChromaStore`` takes them."""
-        return {k: v for k, v in (("ef_construction", self.ef_construction), ("max_neighbors", self.max_neighbors),
-                                  ("ef_search", self.ef_search)) if v is not None}
+    def hnsw(self) -> dict[str, int | None]:
+        """The HNSW parameters as ``ChromaStore`` takes them (None: Chroma's default)."""
+        return {"ef_construction": self.ef_construction, "max_neighbors": self.max_neighbors, "ef_search": self.ef_search}
 
 
 @dataclass

@@ -100,8 +100,8 @@ class ChromaStore:
 
     ``location`` is a local directory or an ``http(s)://host:port`` URL of a ``chroma run`` server. The
     embedder is recorded in the collection when it is created; reopening without one rebuilds it from that
-    record, and an explicit embedder that disagrees with it is refused. ``hnsw`` (keys of ``HNSW_KEYS``)
-    sets the cosine index's parameters when the collection is created; on an existing one ``ef_search`` is
+    record, and an explicit embedder that disagrees with it is refused. ``hnsw`` (keys of ``HNSW_KEYS``;
+    None leaves Chroma's default) sets the cosine index's parameters when the collection is created; on an existing one ``ef_search`` is
     changed, and build parameters that disagree with the collection's are refused.
     """
 
@@ -261,13 +261,15 @@ def _doc(id: str, text: str | None, metadata: dict | None, score: float) -> Doc:
 
 
 def _check_hnsw(hnsw: Mapping[str, Any]) -> dict[str, int]:
+    """The HNSW settings that are set (None: Chroma's default), each a known key with a positive integer."""
     unknown = sorted(set(hnsw) - set(HNSW_KEYS))
     if unknown:
         raise DGPOError(f"unknown HNSW setting(s) {', '.join(unknown)}: the valid ones are {', '.join(HNSW_KEYS)}")
+    hnsw = {k: v for k, v in hnsw.items() if v is not None}
     for key, value in hnsw.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DGPOError(f"HNSW {key} must be a positive integer, not {value!r}")
-    return dict(hnsw)
+    return hnsw
 
 
 def index_corpus(
