@@ -391,6 +391,8 @@ def test_chroma_server_by_url(tmp_path, corpus, embedder):
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+    # A local store opened after a server store, in the same process, is local (the server is gone).
+    assert index_corpus(corpus, tmp_path / "local", embedder=embedder, progress=False).count() == len(PASSAGES)
 
 
 def test_unreachable_server_is_a_one_line_error():

@@ -30,7 +30,12 @@ EMBEDDER_KEY = "dgpo_embedder"  # collection metadata: the JSON of Embedder.desc
 # gave 0.9995 at +75% query time.
 HNSW_BUILD = ("ef_construction", "max_neighbors")
 HNSW_KEYS = (*HNSW_BUILD, "ef_search")
-SETTINGS = Settings(anonymized_telemetry=False)
+
+
+def _settings() -> Settings:
+    """Fresh settings per client: chromadb's HttpClient writes the server's address into the Settings it
+    is given, so one shared object would send every later local store to that server."""
+    return Settings(anonymized_telemetry=False)
 
 
 def is_url(location: str | Path) -> bool:
@@ -51,7 +56,7 @@ def _connect(location: str, must_exist: bool) -> Any:
                 host=url.hostname or "localhost",
                 port=url.port or (443 if url.scheme == "https" else 8000),
                 ssl=url.scheme == "https",
-                settings=SETTINGS,
+                settings=_settings(),
             )
         except ValueError as exc:
             raise DGPOError(
@@ -62,7 +67,7 @@ def _connect(location: str, must_exist: bool) -> Any:
     if must_exist and not path.is_dir():
         raise DGPOError(f"no store at {location}: {_index_hint(location)}")
     path.mkdir(parents=True, exist_ok=True)
-    return chromadb.PersistentClient(path=str(path), settings=SETTINGS)
+    return chromadb.PersistentClient(path=str(path), settings=_settings())
 
 
 def _batched(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
