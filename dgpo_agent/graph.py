@@ -29,7 +29,7 @@ def build_graph(policy: Policy, retriever: Any, config: AgentConfig | None = Non
         if not state.get("segments"):
             update = rollout.start(state.get("question", ""), policy)
             state = {**state, **update}
-        completion = policy.generate([rollout.context(state)], config.sampling)[0]
+        completion = policy.generate([rollout.context(state)], rollout.turn_sampling(config.sampling, state["turn"]))[0]
         step = rollout.after_generation(state, completion, config)
         return {**update, **step, "segments": update.get("segments", []) + step["segments"]}
 

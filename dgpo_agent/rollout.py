@@ -8,6 +8,8 @@ functions and merge updates the same way, a greedy model gives identical traject
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -62,6 +64,16 @@ def start(question: str, policy: Policy) -> AgentState:
 def context(state: AgentState) -> Context:
     """What the policy continues for this state."""
     return Context(question=state["question"], segments=list(state["segments"]))
+
+
+def turn_sampling(sampling: SamplingParams, turn: int) -> SamplingParams:
+    """The sampling settings of one turn. A seeded run derives a seed per turn from its seed, so each
+    turn draws fresh random numbers (a backend seeds every call anew, and with one seed for all turns
+    turn 2 would replay turn 1's draws) while the whole trajectory stays repeatable."""
+    if sampling.seed is None:
+        return sampling
+    digest = hashlib.blake2b(f"{sampling.seed}:{turn}".encode(), digest_size=8).digest()
+    return dataclasses.replace(sampling, seed=int.from_bytes(digest, "big") >> 1)
 
 
 def after_generation(state: AgentState, completion: Completion, config: AgentConfig) -> dict:
@@ -119,7 +131,8 @@ def run_batch(
     config = config or AgentConfig()
     states = [start(q, policy) for q in questions]
     while active := [s for s in states if not s["done"]]:
-        completions = policy.generate([context(s) for s in active], config.sampling)
+        # Every unfinished trajectory is at the same turn: they all started together.
+        completions = policy.generate([context(s) for s in active], turn_sampling(config.sampling, active[0]["turn"]))
         for state, completion in zip(active, completions, strict=True):
             merge(state, after_generation(state, completion, config))
         searching = [s for s in active if route(s) == "search"]

@@ -131,6 +131,35 @@ def test_batched_run_matches_the_graph_with_one_call_per_turn():
     assert [len(c) for c in retriever.calls] == [6, 6]  # one retrieval call per turn
 
 
+class SeedRecorder(ScriptedPolicy):
+    """A scripted policy that records the seed each generation call was given."""
+
+    def __init__(self, script):
+        super().__init__(script)
+        self.seeds = []
+
+    def generate(self, contexts, params):
+        self.seeds.append(params.seed)
+        return super().generate(contexts, params)
+
+
+def test_each_turn_of_a_seeded_run_gets_its_own_seed_in_the_graph_and_the_batch():
+    """A backend seeds every call anew, so one seed for every turn would make turn 2 replay turn 1's
+    random draws: the turns of a rollout would not be independent samples of the policy."""
+    config = AgentConfig(sampling=SamplingParams(temperature=1.0, seed=7))
+    graph_policy, batch_policy = SeedRecorder(two_hop), SeedRecorder(two_hop)
+    invoke(graph_policy, config=config)
+    run_batch(["Where was the founder of Kreaxse Labs born?"] * 2, batch_policy, KeywordRetriever(), config)
+    assert len(set(graph_policy.seeds)) == len(graph_policy.seeds) == 3
+    assert batch_policy.seeds == graph_policy.seeds  # the same turn gets the same seed on either path
+    again = SeedRecorder(two_hop)
+    run_batch(["Q?"], again, KeywordRetriever(), config)
+    assert again.seeds == graph_policy.seeds  # repeatable
+    unseeded = SeedRecorder(two_hop)
+    run_batch(["Q?"], unseeded, KeywordRetriever(), AgentConfig(sampling=SamplingParams(temperature=1.0)))
+    assert unseeded.seeds == [None, None, None]
+
+
 def test_token_trajectory_masks_environment_tokens():
     state = run_batch(["Q?"], ScriptedPolicy(two_hop, tokenize=True), KeywordRetriever())[0]
     traj = token_trajectory(state)

@@ -4,7 +4,9 @@ exact resume (in process, after kill -9, and under ``accelerate launch`` with tw
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,11 +21,13 @@ import yaml
 
 from dgpo_agent.backends.base import SamplingParams
 from dgpo_agent.errors import DGPOError
-from dgpo_agent.rollout import AgentConfig, TokenTrajectory
+from dgpo_agent.rollout import AgentConfig, TokenTrajectory, run_batch, token_trajectory
+from dgpo_agent.training import rl_objective as obj
 from dgpo_agent.training.rl import (
     METRICS_FILE,
     RLConfig,
     RLTrainer,
+    _Scored,
     check_cpu_launch,
     checkpoints,
     load_run,
@@ -98,6 +102,19 @@ def test_config_rejects_bad_settings():
         RLConfig(algorithm="grpo", group_size=1)
     with pytest.raises(DGPOError, match="kl_estimator"):
         RLConfig(kl_estimator="k2")
+    with pytest.raises(DGPOError, match="guidance"):
+        RLConfig(guidance="prompt")
+    with pytest.raises(DGPOError, match="k1's gradient"):
+        RLConfig(guidance="loss", kl_estimator="k1")
+    with pytest.raises(DGPOError, match="gkd learns from the teacher term alone"):
+        RLConfig(algorithm="gkd", kl_on="none")
+    with pytest.raises(DGPOError, match="top_p"):
+        RLConfig(top_p=0.0)
+
+
+def test_gkd_needs_a_teacher(tok, tmp_path):
+    with pytest.raises(DGPOError, match="pass a teacher"):
+        trainer(tok, rl_config(tmp_path, algorithm="gkd", kl_on="all"), teacher=False)
 
 
 def test_dgpo_steps_log_every_metric_and_checkpoint(tok, tmp_path):
@@ -176,8 +193,8 @@ def update_on(rl: RLTrainer, responses: list[list[int]], env_mask: list[int], sc
     for _ in range(3):
         with torch.no_grad():
             scored = rl._score(batch, scores)
-        advantages, returns, _ = rl._advantages(batch, scores, scored)
-        rl._update(batch, scored, advantages, returns, step=1)
+        advantages, returns, penalised = rl._advantages(batch, scores, scored)
+        rl._update(batch, scored, advantages, returns, penalised, step=1)
     return before, row_logp(), batch
 
 
@@ -196,14 +213,120 @@ def test_an_update_raises_rewarded_rollouts_and_lowers_the_others(tok, tmp_path,
     assert change[[0, 3]].min() > 0 > change[[1, 2]].max()
 
 
-def test_the_teacher_penalty_pulls_wrong_rollouts_towards_the_teacher(tok, tmp_path):
-    """Four wrong one-token rollouts, so the teacher's penalty is the only signal and each token's
-    advantage is −β·(log π_θ − log π_T): every token's log-prob moves towards the teacher's."""
-    rl = trainer(tok, rl_config(tmp_path, algorithm="grpo", beta=1.0, **PLAIN))
+@pytest.mark.parametrize(
+    "algorithm, guidance, estimator",
+    [("grpo", "reward", "k1"), ("grpo", "advantage", "k1"), ("grpo", "loss", "full"), ("gkd", "advantage", "k1"), ("gkd", "loss", "k3")],
+)
+def test_the_teacher_term_pulls_wrong_rollouts_towards_the_teacher(tok, tmp_path, algorithm, guidance, estimator):
+    """Four wrong one-token rollouts, so the teacher's term is the only signal, in whichever form it
+    enters (reward, per-token advantage, or loss). On the sampled tokens (k1, k3) each token's log-prob
+    moves towards the teacher's; the exact KL over the vocabulary falls at every position."""
+    config = rl_config(tmp_path, algorithm=algorithm, beta=1.0, guidance=guidance, kl_estimator=estimator, kl_on="all", **PLAIN)
+    rl = trainer(tok, config)
+    batch = pack([TokenTrajectory([1, 2, 3 + i // 2], [10 + i], [0], None) for i in range(4)], pad_id=0)
+
+    def exact_kl() -> torch.Tensor:
+        with torch.no_grad():
+            logits = rl._forward_logits(rl.model, batch), rl._forward_logits(rl.teacher, batch)
+        return obj.full_kl(*logits)
+
+    kl_before = exact_kl()
     before, after, batch = update_on(rl, [[10 + i] for i in range(4)], [0], [0.0] * 4)
+    if estimator == "full":
+        assert (exact_kl() < kl_before).all()
+        return
     with torch.no_grad():
         teacher = rl._token_logprobs(rl._forward_logits(rl.teacher, batch), batch).sum(1)
     assert ((after - teacher).abs() < (before - teacher).abs()).all()
+
+
+def first_token_advantages(rl: RLTrainer, lengths: list[int], kl: float, scores: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each rollout's advantage on its first model token, and all advantages, for wrong rollouts of
+    the given lengths whose per-token KL to the teacher is ``kl`` everywhere."""
+    trajectories = [TokenTrajectory([1, 2], [5] * n, [0] * n, None) for n in lengths]
+    batch = pack(trajectories, pad_id=0)
+    zeros = torch.zeros_like(batch.mask)
+    values = zeros if rl.config.uses_critic else None
+    scored = _Scored(logp=zeros, entropy=zeros, values=values, kl=kl * batch.mask, teacher_logp=zeros, teacher_s=0.0)
+    advantages, _, _ = rl._advantages(batch, torch.tensor(scores), scored)
+    return advantages[:, 2], advantages
+
+
+@pytest.mark.parametrize("guidance", ["reward", "advantage"])
+def test_only_a_teacher_term_in_the_reward_lets_a_shorter_wrong_rollout_pay_less(tok, tmp_path, guidance):
+    """In the reward, the teacher's penalty is summed over every later token, so a rollout pays for its
+    length rather than for how unlike the teacher each token is; as a per-token advantage, two
+    rollouts with the same KL per token get the same signal on every token, whatever their length."""
+    rl = trainer(tok, rl_config(tmp_path, algorithm="gkd", kl_on="all", beta=1.0, guidance=guidance))
+    first, advantages = first_token_advantages(rl, [2, 8], kl=0.5, scores=[0.0, 0.0])
+    if guidance == "reward":
+        assert first.tolist() == pytest.approx([-1.0, -4.0])
+    else:
+        assert first.tolist() == [-0.5, -0.5]
+        assert torch.equal(advantages, -0.5 * pack([TokenTrajectory([1, 2], [5] * n, [0] * n, None) for n in (2, 8)], 0).mask)
+
+
+def test_dgpo_adds_the_teacher_term_to_each_wrong_tokens_ppo_advantage(tok, tmp_path):
+    """guidance: advantage leaves PPO's task advantages as they are and subtracts β·kl_t from each model
+    token of the wrong rollouts only."""
+    lengths, scores = [3, 5, 4], [1.0, 0.0, 0.0]
+    guided = trainer(tok, rl_config(tmp_path / "a", beta=0.3, guidance="advantage"))
+    plain = trainer(tok, rl_config(tmp_path / "b", beta=0.0))
+    _, with_teacher = first_token_advantages(guided, lengths, 0.5, scores)
+    _, without = first_token_advantages(plain, lengths, 0.5, scores)
+    mask = pack([TokenTrajectory([1, 2], [5] * n, [0] * n, None) for n in lengths], 0).mask
+    expected = without - 0.3 * 0.5 * mask * torch.tensor([0.0, 1.0, 1.0]).unsqueeze(1)
+    torch.testing.assert_close(with_teacher, expected)
+
+
+def test_the_first_step_trains_at_the_warm_up_learning_rate_it_logs(tok, tmp_path):
+    """With warm-up, step 1 trains at lr/W, not 0 (the schedule used to start at 0 and step after the
+    update, so the first step did nothing and the logged lr was the next step's)."""
+    rl = trainer(tok, rl_config(tmp_path, max_steps=4, warmup_ratio=1.0, learning_rate=1e-3, critic_warmup_ratio=1.0))
+    before = [p.detach().clone() for p in rl.model.parameters()]
+    first = rl.train_step(1)
+    assert first["lr"] == pytest.approx(1e-3 / 4)
+    assert any(not torch.equal(a, b) for a, b in zip(before, rl.model.parameters(), strict=True))
+    assert rl.train_step(2)["lr"] == pytest.approx(1e-3 / 2)
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9])
+def test_the_trainers_log_probs_are_those_of_the_distribution_that_sampled(tok, tmp_path, top_p):
+    """PPO's ratio needs π_old to be the sampling distribution: under top-p the trainer's log-probs
+    are those of the truncated, renormalised distribution, as the sampler reported them."""
+    rl = trainer(tok, rl_config(tmp_path, temperature=0.8, top_p=top_p))
+    sampling = SamplingParams(temperature=0.8, top_p=top_p, max_new_tokens=12, seed=3)
+    states = run_batch([r["question"] for r in RECORDS], rl.rollout_policy, KeywordRetriever(), dataclasses.replace(AGENT, sampling=sampling))
+    trajectories = [token_trajectory(s) for s in states]
+    batch = pack(trajectories, rl.pad_id)
+    with torch.no_grad():
+        scored = rl._score(batch, torch.zeros(len(states)))
+    sampled = torch.zeros_like(batch.mask)
+    for row, t in enumerate(trajectories):
+        sampled[row, len(t.prompt_ids) : len(t.prompt_ids) + len(t.response_ids)] = torch.tensor(t.logprobs)
+    torch.testing.assert_close(scored.logp * batch.mask, sampled * batch.mask, atol=1e-4, rtol=0)
+
+
+def test_approx_kl_measures_the_whole_update_and_a_still_policy_is_reported(tok, tmp_path, caplog):
+    """approx-KL is measured after every optimizer step of the update (it used to average in the first
+    mini-batch, 0 by construction); a run whose policy does not move says so in one line."""
+    moved = trainer(tok, rl_config(tmp_path / "a", max_steps=1)).train()
+    assert moved["approx_kl"] > 0
+    with caplog.at_level(logging.WARNING, logger="dgpo_agent.training.rl"):
+        trainer(tok, rl_config(tmp_path / "b", max_steps=3, learning_rate=0.0, stall_steps=2)).train()
+    assert [r["approx_kl"] for r in rows(tmp_path / "b")] == [0.0, 0.0, 0.0]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "step 2: the policy has not moved for 2 steps" in warnings[0]
+
+
+def test_critic_warm_up_trains_only_the_value_model(tok, tmp_path):
+    rl = trainer(tok, rl_config(tmp_path, max_steps=1, critic_warmup_steps=1))
+    policy = [p.detach().clone() for p in rl.model.parameters()]
+    critic = [p.detach().clone() for p in rl.critic.parameters()]
+    metrics = rl.train_step(1)
+    assert all(torch.equal(a, b) for a, b in zip(policy, rl.model.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(critic, rl.critic.parameters(), strict=True))
+    assert "pg_loss" not in metrics and metrics["vf_loss"] > 0
 
 
 def test_resume_is_exact_and_refuses_a_changed_config(tok, tmp_path):

@@ -75,6 +75,17 @@ def test_recorded_test_metrics_are_reused_only_with_the_settings_they_were_score
     assert starting_point.recorded_test(cfg, tmp_path / "t", assets=assets) is None
 
 
+def test_a_default_run_reuses_the_shipped_models_test_metrics(tmp_path):
+    """The shipped teacher and base student were scored with the tiny preset's evaluation settings, so
+    a default run must not score them again (minutes of the default run's budget). A record compared
+    by a hash of how settings were once serialised stopped matching when optional settings were added."""
+    for part in ("teacher", "base-student"):
+        installed = tmp_path / part
+        installed.mkdir()
+        shutil.copyfile(starting_point.ASSETS / part / starting_point.METRICS_FILE, installed / starting_point.METRICS_FILE)
+        assert starting_point.recorded_test(load_config("tiny"), installed) is not None, part
+
+
 def test_install_refuses_another_world_and_changed_files(prepared, tmp_path):
     cfg = small_world_config(prepared)
     assets = tmp_path / "assets"

@@ -114,32 +114,33 @@ class ColdStartSettings:
 class RLSettings:
     """RL after the cold start, on the training questions through the batched graph (``training.rl``).
 
-    ``dgpo``: PPO with a value model plus the teacher's per-token KL penalty on wrong rollouts (the
-    paper). ``ppo`` / ``grpo``: the same loop without a teacher. Each starts from the cold start's
-    main method; a ``-from-base`` suffix (``ppo-from-base``) starts it from the base student. Every
-    step samples ``rollouts`` trajectories (GRPO: ``rollouts / group_size`` questions × ``group_size``).
+    ``dgpo``: PPO with a value model plus the teacher's term on wrong rollouts (the paper). ``ppo`` /
+    ``grpo``: the same loop without a teacher. ``gkd``: on-policy distillation, the teacher's term on
+    every rollout and no task reward. Each starts from the cold start's main method; a ``-from-base``
+    suffix (``ppo-from-base``) starts it from the base student. Every step samples ``rollouts``
+    trajectories: ``rollouts / group_size`` questions × ``group_size`` rollouts each, from a pool of
+    ``questions`` training questions that TGO did not use (None: all of them), so a question comes
+    back once the pool is spent.
     """
 
     method: str = "dgpo"
     baselines: list[str] = field(default_factory=list)
-    # 0: no RL. 30, not 40: on dev, 128-rollout DGPO peaks by step 30 (0.430, then 0.423 at 40), and the
-    # 10 steps saved (~4 min) keep the default run near 21 min on 2 cores (README, wall time).
-    steps: int = 30
-    # Rollouts per step. At 64 the tiny policy's gradient was mostly noise and no method rose above the
-    # cold start; at 128 DGPO and PPO end above it on test over 3 seeds (bench/README.md, rl_compare).
+    steps: int = 30  # 0: no RL
     rollouts: int = 128
-    group_size: int = 4  # grpo only
-    lr: float = 1e-4  # tiny models: at 5e-5 approx-KL per step was ~4e-6, at 3e-4 ~1e-4 (the paper: 1e-6 at 0.5B)
+    group_size: int = 4
+    questions: int | None = None
+    lr: float = 1e-4
     critic_lr: float = 1e-4
+    warmup_ratio: float = 0.285
+    critic_warmup_steps: int = 0
+    ppo_epochs: int = 1
+    num_minibatches: int = 2
     beta: float = 0.001
+    guidance: str = "reward"
     kl_on: str = "wrong"
     kl_estimator: str = "k1"
-    # Rollout sampling temperature. The paper samples at 1.0, but the tiny student's tail is long: at 1.0
-    # its rollouts earned reward 0.13 against a greedy dev EM of 0.37, so ~85% of the signal was "push
-    # these tokens down"; at 0.7 the reward is ~0.44 (dev-only tuning, bench/README.md).
     temperature: float = 0.7
     max_new_tokens: int = 96
-    num_minibatches: int = 2
     save_every: int = 10
     eval_every: int = 10  # steps between dev-EM points (0: none)
     eval_questions: int = 100
@@ -194,21 +195,26 @@ class PipelineConfig:
         """A short hash of the named sections, so a stage re-runs only when its inputs change;
         ``leave_out`` names ``section.field`` settings of those sections that the hash ignores (a
         misspelt one is a KeyError, not a setting silently hashed)."""
-        data = {name: _plain(getattr(self, name)) for name in sections}
+        data = self.settings(*sections)
         for setting in leave_out:
             section, name = setting.split(".")
             del data[section][name]
-        return hashlib.sha256(json.dumps(_set_only(data), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def settings(self, *sections: str) -> dict:
+        """The named sections as plain data, settings left unset (None) dropped: what a stage's
+        fingerprint hashes, and what a record of the settings compares by value."""
+        return set_only({name: _plain(getattr(self, name)) for name in sections})
 
 
 def _plain(value: Any) -> Any:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
-def _set_only(data: dict) -> dict:
+def set_only(data: dict) -> dict:
     """The settings that are set: None means unset, so a new optional setting (None by default) leaves
     every existing run's fingerprints, and its cached stages, as they were."""
-    return {k: _set_only(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None}
+    return {k: set_only(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None}
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import random
 import shutil
@@ -43,11 +44,13 @@ from dgpo_agent.training import rl_objective as obj
 from dgpo_agent.training.callbacks import drop_after
 from dgpo_agent.training.config import as_number
 
+log = logging.getLogger(__name__)
+
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
 # Settings that may change between a run and its resumption without changing what it computes.
-RESUMABLE_CHANGES = ("max_steps", "save_every", "eval_every", "save_total_limit", "output_dir")
+RESUMABLE_CHANGES = ("max_steps", "save_every", "eval_every", "save_total_limit", "output_dir", "stall_kl", "stall_steps")
 
 
 @dataclass
@@ -57,18 +60,29 @@ class RLConfig:
     Batch sizes are per process, as in TRL: a step rolls out ``rollout_batch_size`` prompts ×
     ``group_size`` rollouts on every process, and ``accelerate launch`` multiplies that by the number
     of processes (the paper: 512 prompts, 1 rollout each, mini-batch 256 → ``num_minibatches`` 2).
+
+    The teacher term (``beta``, on the rollouts ``kl_on`` picks) enters as ``guidance`` says:
+    ``reward``, the reference code's, subtracts β·kl_t from each token's reward, so the return sums it
+    over every later token and a rollout lowers its penalty by being short; ``advantage`` subtracts
+    β·kl_t from that token's advantage alone (on-policy distillation's per-token signal, which no
+    length can game); ``loss`` adds β·KL_t(π_θ ‖ π_T), differentiated through the policy, to the loss.
     """
 
     output_dir: str = field(default="runs/rl", metadata={"help": "checkpoints, metrics.jsonl and the final policy"})
-    algorithm: Literal["ppo", "grpo"] = field(default="ppo", metadata={"help": "ppo: value model + GAE (the paper); grpo: group-relative, critic-free"})
-    beta: float = field(default=0.001, metadata={"help": "weight of the per-token KL penalty towards the teacher"})
-    kl_on: Literal["wrong", "all", "none"] = field(default="wrong", metadata={"help": "which rollouts are penalised: score < reward_threshold (DGPO), all, none"})
+    algorithm: Literal["ppo", "grpo", "gkd"] = field(
+        default="ppo",
+        metadata={"help": "ppo: value model + GAE (the paper); grpo: group-relative, critic-free; gkd: the teacher term alone, no task reward (on-policy distillation)"},
+    )
+    beta: float = field(default=0.001, metadata={"help": "weight of the teacher term"})
+    guidance: Literal["reward", "advantage", "loss"] = field(default="reward", metadata={"help": "where the teacher term enters: each token's reward, its advantage, or the loss"})
+    kl_on: Literal["wrong", "all", "none"] = field(default="wrong", metadata={"help": "which rollouts get the teacher term: score < reward_threshold (DGPO), all, none"})
     kl_estimator: Literal["k1", "k3", "full"] = field(default="k1", metadata={"help": "k1 = log π_θ − log π_T (reference code), k3, or the exact full-vocabulary KL"})
     reward_threshold: float = field(default=0.1, metadata={"help": "rollouts scoring below this count as wrong"})
     learning_rate: float = field(default=1e-6, metadata={"help": "policy learning rate"})
     critic_learning_rate: float = field(default=1e-5, metadata={"help": "value-model learning rate"})
     warmup_ratio: float = field(default=0.285, metadata={"help": "policy warm-up, as a share of max_steps (then constant)"})
     critic_warmup_ratio: float = field(default=0.015, metadata={"help": "value-model warm-up, as a share of max_steps"})
+    critic_warmup_steps: int = field(default=0, metadata={"help": "first steps that train only the value model (veRL's critic_warmup)"})
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     clip_range: float = field(default=0.2, metadata={"help": "PPO ratio clip ε"})
@@ -88,10 +102,15 @@ class RLConfig:
     save_total_limit: int | None = field(default=2, metadata={"help": "checkpoints kept (None: all)"})
     seed: int = 0
     temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature (log-probs use the same)"})
-    top_p: float = 1.0
+    top_p: float = field(default=1.0, metadata={"help": "rollout nucleus (log-probs use the same truncated distribution)"})
+    stall_kl: float = field(default=1e-4, metadata={"help": "approx-KL below which a step counts as not moving the policy"})
+    stall_steps: int = field(default=5, metadata={"help": "consecutive such steps before the log says the policy is not moving (0: never)"})
 
     def __post_init__(self) -> None:
-        choices = {"algorithm": ("ppo", "grpo"), "kl_on": ("wrong", "all", "none"), "kl_estimator": ("k1", "k3", "full")}
+        choices = {
+            "algorithm": ("ppo", "grpo", "gkd"), "guidance": ("reward", "advantage", "loss"),
+            "kl_on": ("wrong", "all", "none"), "kl_estimator": ("k1", "k3", "full"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise DGPOError(f"{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
@@ -101,10 +120,24 @@ class RLConfig:
                 raise DGPOError(f"{name} must be at least 1 (got {getattr(self, name)})")
         if self.beta < 0 or self.temperature <= 0:
             raise DGPOError(f"beta must be >= 0 and temperature > 0 (got beta={self.beta}, temperature={self.temperature})")
+        if not 0 < self.top_p <= 1:
+            raise DGPOError(f"top_p must be in (0, 1] (got {self.top_p})")
         if self.algorithm == "grpo" and self.group_size < 2:
             raise DGPOError(f"grpo needs group_size >= 2 to form a baseline (got {self.group_size})")
+        if self.algorithm == "gkd" and (self.kl_on == "none" or self.beta == 0):
+            raise DGPOError("gkd learns from the teacher term alone: set beta > 0 and kl_on to all (or wrong)")
+        if self.guidance == "loss" and self.kl_estimator == "k1":
+            raise DGPOError("guidance: loss needs kl_estimator full or k3: k1's gradient is zero in expectation")
         if self.num_minibatches > self.rollout_batch_size * self.group_size:
             raise DGPOError(f"num_minibatches={self.num_minibatches} exceeds the {self.rollout_batch_size * self.group_size} rollouts per step")
+        if self.critic_warmup_steps < 0 or self.stall_steps < 0:
+            raise DGPOError("critic_warmup_steps and stall_steps must be >= 0")
+        if self.critic_warmup_steps and not self.uses_critic:
+            raise DGPOError(f"critic_warmup_steps needs a value model: {self.algorithm} has none (use 0)")
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.algorithm == "ppo"
 
 
 # ----------------------------------------------------------------------------------- rollout statistics
@@ -181,13 +214,22 @@ def value_model(policy: Any) -> Any:
 
 @dataclass
 class _Scored:
-    """What the no-grad pass over the rollouts yields, per token (B, L)."""
+    """What the no-grad pass over the rollouts yields, per token (B, L): the policy's log-probs and
+    entropy under the sampling distribution, the values, and the teacher's log-probs and KL estimate
+    on the rollouts that need them (0 elsewhere)."""
 
     logp: torch.Tensor
     entropy: torch.Tensor
     values: torch.Tensor | None
     kl: torch.Tensor | None
+    teacher_logp: torch.Tensor | None
     teacher_s: float
+
+
+def warmup_schedule(optimizer: Any, warmup_steps: int) -> Any:
+    """A constant learning rate after a linear warm-up in which step k (from 1) trains at k/W of it, so
+    the first step already moves the policy (transformers' schedule starts at 0)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: min(1.0, (done + 1) / warmup_steps) if warmup_steps else 1.0)
 
 
 class RLTrainer:
@@ -214,7 +256,6 @@ class RLTrainer:
     ) -> None:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
-        from transformers import get_constant_schedule_with_warmup
 
         from dgpo_agent.backends.transformers import TransformersPolicy
         from dgpo_agent.training.distill import check_vocab
@@ -229,14 +270,16 @@ class RLTrainer:
         set_seed(config.seed)
         self.vocab = check_vocab(tokenizer, model, teacher)
         self.guided = teacher is not None and config.beta > 0 and config.kl_on != "none"
-        if config.algorithm == "ppo" and critic is None:
+        if config.algorithm == "gkd" and not self.guided:
+            raise DGPOError("gkd learns from the teacher alone: pass a teacher")
+        if config.uses_critic and critic is None:
             critic = value_model(model)
-        if config.algorithm == "grpo":
+        if not config.uses_critic:
             critic = None
 
         def optimizer(module: Any, lr: float, warmup: float) -> tuple[Any, Any]:
             opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=config.weight_decay)
-            return opt, get_constant_schedule_with_warmup(opt, round(warmup * config.max_steps))
+            return opt, warmup_schedule(opt, round(warmup * config.max_steps))
 
         opt, sched = optimizer(model, config.learning_rate, config.warmup_ratio)
         self.model, self.optimizer = acc.prepare(model.eval(), opt)
@@ -255,6 +298,7 @@ class RLTrainer:
         self.run_dir = Path(config.output_dir)
         self.evaluate = evaluate
         self.step = 0
+        self.still = 0  # consecutive steps whose update left the policy where it was
         self._order: tuple[int, list[int]] = (-1, [])
 
     # ------------------------------------------------------------------------------ data order
@@ -301,8 +345,11 @@ class RLTrainer:
         with torch.no_grad():
             scored = self._score(batch, scores)
         advantages, returns, penalised = self._advantages(batch, scores, scored)
-        losses = self._update(batch, scored, advantages, returns, step)
-        for scheduler in self.schedulers:
+        training_policy = step > cfg.critic_warmup_steps
+        lr = self.schedulers[0].get_last_lr()[0] if training_policy else 0.0  # what this step's update trains with
+        losses = self._update(batch, scored, advantages, returns, penalised, step)
+        # Each schedule counts its own optimizer's steps: the policy's warm-up starts with its first update.
+        for scheduler in self.schedulers[int(not training_policy) :]:
             scheduler.step()
         wrong = (scores < cfg.reward_threshold).float()
         counts = {k: sum(s[k] for s in stats) for k in stats[0]}
@@ -312,14 +359,15 @@ class RLTrainer:
             entropy=(scored.entropy * batch.mask).sum().item(),
             penalised=penalised.sum().item(),
             wrong=wrong.sum().item(),
+            shift=self._policy_shift(batch, scored.logp),
         )
         if scored.kl is not None:
             wrong_tokens = batch.mask * wrong.unsqueeze(1)
             counts.update(kl_wrong=(scored.kl * wrong_tokens).sum().item(), wrong_tokens=wrong_tokens.sum().item())
         totals = self._sum_over_processes(counts | losses)
-        return self._metrics(step, totals, rollout_s, scored.teacher_s, time.perf_counter() - started)
+        return self._metrics(step, totals, lr, rollout_s, scored.teacher_s, time.perf_counter() - started)
 
-    def _metrics(self, step: int, t: dict[str, float], rollout_s: float, teacher_s: float, step_s: float) -> dict[str, Any]:
+    def _metrics(self, step: int, t: dict[str, float], lr: float, rollout_s: float, teacher_s: float, step_s: float) -> dict[str, Any]:
         """Global rates from the summed counts; times are this process's."""
         def ratio(a: float, b: float) -> float:
             return round(a / b, 6) if b else 0.0
@@ -338,8 +386,9 @@ class RLTrainer:
             "kl_wrong": ratio(t["kl_wrong"], t["wrong_tokens"]) if "kl_wrong" in t else None,
             "entropy": ratio(t["entropy"], t["tokens"]),
             "response_length": ratio(t["tokens"], n),
-            **{k: ratio(t[k], world) for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "grad_norm") if k in t},
-            "lr": self.schedulers[0].get_last_lr()[0],
+            "approx_kl": ratio(t["shift"], t["tokens"]),
+            **{k: ratio(t[k], world) for k in ("pg_loss", "guide_loss", "vf_loss", "clipfrac", "grad_norm") if k in t},
+            "lr": lr,
             "rollout_s": round(rollout_s, 4),
             "teacher_s": round(teacher_s, 4),
             "step_s": round(step_s, 4),
@@ -370,6 +419,18 @@ class RLTrainer:
         with self.accelerator.autocast(), head_at(keep, model):
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
         return logits[:, : self.vocab].float() / self.config.temperature
+
+    def _policy_logits(self, model: Any, batch: Batch) -> torch.Tensor:
+        """The policy's logits as its rollouts were sampled: at the sampling temperature and cut to the
+        top-p nucleus by the sampler's own warper, so old and new log-probs are those of the
+        distribution that drew the tokens. The cut uses the lowest float rather than −inf, so a token
+        that leaves the nucleus gets ratio 0 and no NaN in the entropy or the gradient."""
+        logits = self._forward_logits(model, batch)
+        if self.config.top_p < 1.0:
+            from transformers import TopPLogitsWarper
+
+            logits = TopPLogitsWarper(self.config.top_p, filter_value=torch.finfo(logits.dtype).min)(None, logits)
+        return logits
 
     def _on_tokens(self, per_token: torch.Tensor, batch: Batch) -> torch.Tensor:
         """(N,) values for the model tokens → (B, L) indexed by token, 0 elsewhere."""
@@ -404,18 +465,20 @@ class RLTrainer:
         critic = self.accelerator.unwrap_model(self.critic) if self.critic is not None else None
         logp, entropy = torch.zeros_like(batch.mask), torch.zeros_like(batch.mask)
         values = torch.zeros_like(batch.mask) if critic is not None else None
-        for index in self._micro_batches(torch.arange(batch.input_ids.shape[0], device=self.accelerator.device), batch):
+        for index in self._micro_batches(self._all_rows(batch), batch):
             micro = batch.rows(index)
-            logits = self._forward_logits(policy, micro)
+            logits = self._policy_logits(policy, micro)
             logp[index] = self._token_logprobs(logits, micro)
             entropy[index] = self._on_tokens(obj.entropy(logits), micro)
             if values is not None:
                 values[index] = self._values(critic, micro)
-        kl, teacher_s = self._teacher_kl(batch, logp, scores) if self.teacher is not None else (None, 0.0)
-        return _Scored(logp, entropy, values, kl, teacher_s)
+        if self.teacher is None:
+            return _Scored(logp, entropy, values, None, None, 0.0)
+        return _Scored(logp, entropy, values, *self._teacher_kl(batch, logp, scores))
 
-    def _teacher_kl(self, batch: Batch, logp: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Per-token KL to the teacher (0 elsewhere) and the seconds its forward passes took.
+    def _teacher_kl(self, batch: Batch, logp: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Per-token KL to the teacher and the teacher's log-probs (0 elsewhere), and the seconds its
+        forward passes took.
 
         The teacher runs only on the rollouts whose KL is used: the wrong ones (penalised by DGPO,
         and logged as ``kl_wrong`` by every variant), or all of them under ``kl_on: all``. At a
@@ -423,44 +486,76 @@ class RLTrainer:
         """
         cfg = self.config
         needed = torch.ones_like(scores, dtype=torch.bool) if cfg.kl_on == "all" else scores < cfg.reward_threshold
-        kl = torch.zeros_like(batch.mask)
+        kl, teacher_logp = torch.zeros_like(batch.mask), torch.zeros_like(batch.mask)
         teacher_s = 0.0
         policy = self.accelerator.unwrap_model(self.model)
         for index in self._micro_batches(needed.nonzero().squeeze(1), batch):
             micro = batch.rows(index)
             started = _synced_time()
             teacher_logits = self._forward_logits(self.teacher, micro)
-            if cfg.kl_estimator != "full":
-                kl[index] = obj.sampled_kl(logp[index], self._token_logprobs(teacher_logits, micro), cfg.kl_estimator) * micro.mask
+            teacher_logp[index] = self._token_logprobs(teacher_logits, micro)
             teacher_s += _synced_time() - started
             if cfg.kl_estimator == "full":
-                kl[index] = self._on_tokens(obj.full_kl(self._forward_logits(policy, micro), teacher_logits), micro)
-        return kl, teacher_s
+                kl[index] = self._on_tokens(obj.full_kl(self._policy_logits(policy, micro), teacher_logits), micro)
+            else:
+                kl[index] = obj.sampled_kl(logp[index], teacher_logp[index], cfg.kl_estimator) * micro.mask
+        return kl, teacher_logp, teacher_s
+
+    def _policy_shift(self, batch: Batch, old_logp: torch.Tensor) -> float:
+        """Σ over model tokens of KL(π_old ‖ π_new) after the whole update (k3 on the rollouts' own
+        tokens): how far the step moved the policy, every optimizer step of it included."""
+        policy = self.accelerator.unwrap_model(self.model)
+        total = 0.0
+        with torch.no_grad():
+            for index in self._micro_batches(self._all_rows(batch), batch):
+                micro = batch.rows(index)
+                logp = self._token_logprobs(self._policy_logits(policy, micro), micro)
+                total += (obj.sampled_kl(old_logp[index], logp, "k3") * micro.mask).sum().item()
+        return total
+
+    def _all_rows(self, batch: Batch) -> torch.Tensor:
+        return torch.arange(batch.input_ids.shape[0], device=self.accelerator.device)
 
     # ------------------------------------------------------------------------------ advantages and update
 
     def _advantages(self, batch: Batch, scores: torch.Tensor, scored: _Scored) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """(advantages, returns or None, penalised rows). PPO: token rewards (outcome on the last model
-        token, minus the teacher penalty) → GAE → whitened over the global batch's model tokens.
-        GRPO: the group-normalised outcome on every model token, minus the penalty's reward-to-go."""
+        """(advantages, returns or None, penalised rows).
+
+        The task part: PPO's token rewards (outcome on the last model token) → GAE → whitened over the
+        global batch's model tokens; GRPO's group-normalised outcome on every model token; none for
+        GKD. The teacher term β·kl_t then joins as ``guidance`` says: in the rewards (GAE or the
+        reward-to-go carries it to every earlier token), in each token's advantage, or (``loss``) in
+        the update's loss instead of here.
+        """
         cfg, mask = self.config, batch.mask
         if self.guided:
             penalised = obj.penalised_rows(scores, cfg.reward_threshold, cfg.kl_on)
             penalty = obj.kl_penalty(scored.kl, mask, penalised, cfg.beta)
         else:
             penalised, penalty = torch.zeros_like(scores), torch.zeros_like(mask)
-        if cfg.algorithm == "grpo":
-            outcome = obj.group_advantages(scores, cfg.group_size, cfg.scale_group_rewards).unsqueeze(1) * mask
-            return outcome - obj.reward_to_go(penalty, mask), None, penalised
-        rewards = obj.token_rewards(scores, mask, penalty)
-        advantages, returns = obj.gae(rewards, scored.values, mask, cfg.gamma, cfg.lam)
-        return obj.whiten(advantages, mask, self._total), returns, penalised
+        in_reward = penalty if cfg.guidance == "reward" else torch.zeros_like(mask)
+        returns = None
+        if cfg.algorithm == "ppo":
+            advantages, returns = obj.gae(obj.token_rewards(scores, mask, in_reward), scored.values, mask, cfg.gamma, cfg.lam)
+            advantages = obj.whiten(advantages, mask, self._total)
+        elif cfg.algorithm == "grpo":
+            advantages = obj.group_advantages(scores, cfg.group_size, cfg.scale_group_rewards).unsqueeze(1) * mask - obj.reward_to_go(in_reward, mask)
+        else:
+            advantages = -obj.reward_to_go(in_reward, mask)
+        if cfg.guidance == "advantage":
+            advantages = advantages - penalty
+        return advantages, returns, penalised
 
-    def _update(self, batch: Batch, scored: _Scored, advantages: torch.Tensor, returns: torch.Tensor | None, step: int) -> dict[str, float]:
+    def _update(
+        self, batch: Batch, scored: _Scored, advantages: torch.Tensor, returns: torch.Tensor | None, penalised: torch.Tensor, step: int
+    ) -> dict[str, float]:
         """``ppo_epochs`` passes over this process's rollouts in ``num_minibatches`` shuffled
-        mini-batches; each loss is a token mean over its mini-batch, accumulated over micro-batches."""
+        mini-batches; each loss is a token mean over its mini-batch, accumulated over micro-batches.
+        During the first ``critic_warmup_steps`` only the value model learns."""
         cfg, acc = self.config, self.accelerator
-        models = [m for m in (self.model, self.critic) if m is not None]
+        train_policy = step > cfg.critic_warmup_steps
+        models = [m for m, on in ((self.model, train_policy), (self.critic, True)) if m is not None and on]
+        optimizers = [o for o, on in ((self.optimizer, train_policy), (self.critic_optimizer, True)) if o is not None and on]
         generator = torch.Generator().manual_seed(self._seed(step, 1))
         sums: dict[str, float] = {}
         updates = 0
@@ -475,41 +570,65 @@ class RLTrainer:
                         for model in models:
                             sync.enter_context(acc.no_sync(model))
                     with sync:
-                        for k, v in self._micro_losses(batch.rows(index), scored, advantages, returns, index, tokens).items():
+                        terms = self._micro_losses(batch.rows(index), scored, advantages, returns, penalised, index, tokens, train_policy)
+                        for k, v in terms.items():
                             sums[k] = sums.get(k, 0.0) + v
-                grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
+                if train_policy:
+                    grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
                 if self.critic is not None:
                     acc.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
-                for optimizer in (self.optimizer, self.critic_optimizer):
-                    if optimizer is not None:
-                        optimizer.step()
-                        optimizer.zero_grad()
+                for optimizer in optimizers:
+                    optimizer.step()
+                    optimizer.zero_grad()
                 updates += 1
         return {k: v / updates for k, v in sums.items()}
 
     def _micro_losses(
-        self, micro: Batch, scored: _Scored, advantages: torch.Tensor, returns: torch.Tensor | None, index: torch.Tensor, tokens: torch.Tensor
+        self,
+        micro: Batch,
+        scored: _Scored,
+        advantages: torch.Tensor,
+        returns: torch.Tensor | None,
+        penalised: torch.Tensor,
+        index: torch.Tensor,
+        tokens: torch.Tensor,
+        train_policy: bool = True,
     ) -> dict[str, float]:
         """Backward the policy (and value) loss of one micro-batch; returns its share of the logged terms."""
         cfg, acc, mask = self.config, self.accelerator, micro.mask
-        logits = self._forward_logits(self.model, micro)
-        logp = self._token_logprobs(logits, micro)
-        old_logp = scored.logp[index]
-        per_token, clipped = obj.clipped_policy_loss(logp, old_logp, advantages[index], cfg.clip_range)
-        objective = per_token - cfg.entropy_coef * self._on_tokens(obj.entropy(logits), micro) if cfg.entropy_coef else per_token
-        acc.backward((objective * mask).sum() / tokens)
-        terms = {
-            "pg_loss": ((per_token * mask).sum() / tokens).item(),
-            "clipfrac": ((clipped * mask).sum() / tokens).item(),
-            "approx_kl": ((0.5 * (logp - old_logp) ** 2 * mask).sum() / tokens).item(),
-        }
+        terms: dict[str, float] = {}
+        if train_policy:
+            logits = self._policy_logits(self.model, micro)
+            logp = self._token_logprobs(logits, micro)
+            per_token, clipped = obj.clipped_policy_loss(logp, scored.logp[index], advantages[index], cfg.clip_range)
+            objective = per_token
+            if cfg.entropy_coef:
+                objective = objective - cfg.entropy_coef * self._on_tokens(obj.entropy(logits), micro)
+            if self.guided and cfg.guidance == "loss":
+                guide = obj.kl_penalty(self._kl_now(logits, logp, micro, scored.teacher_logp[index], penalised[index]), mask, penalised[index], cfg.beta)
+                objective = objective + guide
+                terms["guide_loss"] = (guide.sum() / tokens).item()
+            acc.backward((objective * mask).sum() / tokens)
+            terms["pg_loss"] = ((per_token * mask).sum() / tokens).item()
+            terms["clipfrac"] = ((clipped * mask).sum() / tokens).item()
         if self.critic is not None:
             values = self._values(self.critic, micro)
             value_loss = (obj.clipped_value_loss(values, scored.values[index], returns[index], cfg.value_clip_range) * mask).sum() / tokens
             acc.backward(value_loss)
             terms["vf_loss"] = value_loss.item()
         return terms
+
+    def _kl_now(self, logits: torch.Tensor, logp: torch.Tensor, micro: Batch, teacher_logp: torch.Tensor, penalised: torch.Tensor) -> torch.Tensor:
+        """KL(π_θ ‖ π_T) per token under the current weights, differentiable in them (``guidance:
+        loss``): exact over the vocabulary (the teacher's forward again), or k3 on the sampled tokens
+        (0 on rows without the teacher's log-probs)."""
+        if self.config.kl_estimator == "full":
+            with torch.no_grad():
+                teacher_logits = self._forward_logits(self.teacher, micro)
+            return self._on_tokens(obj.full_kl(logits, teacher_logits), micro)
+        known = (penalised.unsqueeze(1) * micro.mask).bool()
+        return obj.sampled_kl(logp, torch.where(known, teacher_logp, logp), "k3")
 
     # ------------------------------------------------------------------------------ loop, checkpoints
 
@@ -522,6 +641,7 @@ class RLTrainer:
         for step in range(self.step + 1, cfg.max_steps + 1):
             metrics = self.train_step(step)
             self.step = step
+            self._watch_shift(step, metrics["approx_kl"])
             if self.evaluate and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
                 metrics.update(self._evaluate())
             if self.accelerator.is_main_process:
@@ -530,6 +650,18 @@ class RLTrainer:
             if step % cfg.save_every == 0 or step == cfg.max_steps:
                 self.save_checkpoint(step)
         return metrics
+
+    def _watch_shift(self, step: int, approx_kl: float) -> None:
+        """Say so, in one line, when ``stall_steps`` updates in a row have left the policy where it was
+        (approx-KL below ``stall_kl``): a flat curve then means no learning, not a finished one."""
+        cfg = self.config
+        moving = approx_kl >= cfg.stall_kl or step <= cfg.critic_warmup_steps
+        self.still = 0 if moving else self.still + 1
+        if cfg.stall_steps and self.still == cfg.stall_steps and self.accelerator.is_main_process:
+            log.warning(
+                "RL step %d: the policy has not moved for %d steps (approx-KL < %g each): raise the learning rate, "
+                "ppo_epochs or num_minibatches", step, cfg.stall_steps, cfg.stall_kl,
+            )
 
     def _evaluate(self) -> dict[str, float]:
         """The evaluation metrics (main process only: the others wait for it)."""

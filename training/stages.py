@@ -25,8 +25,10 @@ from dgpo_agent.errors import DGPOError
 from dgpo_agent.training.config import PipelineConfig
 
 COLD_START_METHODS = ("kd", "seqkd")
-RL_METHODS = ("dgpo", "ppo", "grpo")
+RL_METHODS = ("dgpo", "ppo", "grpo", "gkd")
 FROM_BASE = "-from-base"
+# What each RL method trains: (RLConfig.algorithm, whether the teacher's term is used).
+RL_ALGORITHMS = {"dgpo": ("ppo", True), "ppo": ("ppo", False), "grpo": ("grpo", False), "gkd": ("gkd", True)}
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -349,14 +351,14 @@ def train_rl_method(cfg: PipelineConfig, run: Path, method: str, out: Path) -> P
     from dgpo_agent.rollout import AgentConfig
     from dgpo_agent.training.rl import RLConfig, train_rl
 
-    r, algorithm = cfg.rl, method.removesuffix(FROM_BASE)
-    guided = algorithm == "dgpo"
+    r = cfg.rl
+    algorithm, guided = RL_ALGORITHMS[method.removesuffix(FROM_BASE)]
     start = (cfg.cold_start.student or run / "base" / "student") if method.endswith(FROM_BASE) else run / "cold_start" / cfg.cold_start.method
-    group = r.group_size if algorithm == "grpo" else 1
     config = RLConfig(
-        output_dir=str(out), algorithm="grpo" if algorithm == "grpo" else "ppo", beta=r.beta,
-        kl_on=r.kl_on if guided else "none", kl_estimator=r.kl_estimator, learning_rate=r.lr,
-        critic_learning_rate=r.critic_lr, rollout_batch_size=max(1, r.rollouts // group), group_size=group,
+        output_dir=str(out), algorithm=algorithm, beta=r.beta, guidance=r.guidance,
+        kl_on=("all" if algorithm == "gkd" else r.kl_on) if guided else "none", kl_estimator=r.kl_estimator,
+        learning_rate=r.lr, critic_learning_rate=r.critic_lr, warmup_ratio=r.warmup_ratio, critic_warmup_steps=r.critic_warmup_steps,
+        rollout_batch_size=max(1, r.rollouts // r.group_size), group_size=r.group_size, ppo_epochs=r.ppo_epochs,
         num_minibatches=r.num_minibatches, max_steps=r.steps, save_every=r.save_every, eval_every=r.eval_every,
         seed=r.seed, temperature=r.temperature,
     )
@@ -364,8 +366,15 @@ def train_rl_method(cfg: PipelineConfig, run: Path, method: str, out: Path) -> P
     teacher = load_model(cfg.teacher.model or run / "teacher") if guided else None
     agent = AgentConfig(max_turns=cfg.agent.max_turns, top_k=cfg.agent.top_k, sampling=SamplingParams(max_new_tokens=r.max_new_tokens))
     evaluate = dev_em(cfg, run, tokenizer, r.eval_questions) if r.eval_every else None
-    train_rl(load_model(start), tokenizer, _questions(run, "train"), _store(cfg, run), agent, config, teacher=teacher, evaluate=evaluate)
+    train_rl(load_model(start), tokenizer, rl_questions(cfg, run), _store(cfg, run), agent, config, teacher=teacher, evaluate=evaluate)
     return start
+
+
+def rl_questions(cfg: PipelineConfig, run: Path) -> list[dict]:
+    """RL's pool: the training questions TGO did not roll out (the cold start has seen the teacher solve
+    those; all of them when TGO used every one), at most ``rl.questions`` of them."""
+    train = _questions(run, "train")
+    return (train[cfg.tgo.questions or 0 :] or train)[: cfg.rl.questions]
 
 
 def tested_models(cfg: PipelineConfig, run: Path) -> list[tuple[str, Path]]:

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from dgpo_agent.errors import DGPOError
-from dgpo_agent.training.config import PipelineConfig
+from dgpo_agent.training.config import PipelineConfig, set_only
 
 ASSETS = Path(str(importlib.resources.files("dgpo_agent"))) / "assets" / "tiny-world"
 PARTS = {"tokenizer": "tokenizer", "base-student": "base/student", "teacher": "teacher"}  # name → run subdir
@@ -83,7 +83,7 @@ def export(cfg: PipelineConfig, run: Path, summaries: dict[str, dict], command: 
             if source.is_file():
                 shutil.copyfile(source, dest / part / name)
                 files[f"{part}/{name}"] = sha256(source)
-    sections = ("world", "tokenizer", "base", "teacher", "agent", "eval")
+    sections = ("world", "store", "tokenizer", "base", "teacher", "agent", "eval")
     from dgpo_agent.world import load_questions
 
     questions = [r["question"] for r in load_questions(run / "world" / "test.jsonl")[:PROBE_QUESTIONS]]
@@ -95,7 +95,6 @@ def export(cfg: PipelineConfig, run: Path, summaries: dict[str, dict], command: 
             "corpus_sha256": sha256(run / "world" / "corpus.jsonl"),
         },
         "seconds": {stage: round(s, 1) for stage, s in stage_seconds(run).items()},
-        "eval_fingerprint": cfg.fingerprint(*EVAL_SECTIONS),
         "scores": {"base_student": summaries["base"]["student_test"], "teacher": summaries["teacher"]["test"]},
         "first_turns": [
             {"question": q, "turn": t} for q, t in zip(questions, first_turns(run / "teacher", questions, cfg.eval.max_new_tokens))
@@ -110,7 +109,8 @@ def recorded_test(cfg: PipelineConfig, installed: Path, assets: Path = ASSETS) -
     """The installed part's recorded test metrics (``test.metrics.json``) when this run evaluates with
     the settings they were scored with; None when it must evaluate itself."""
     path = installed / METRICS_FILE
-    if not path.is_file() or read_record(assets).get("eval_fingerprint") != cfg.fingerprint(*EVAL_SECTIONS):
+    recorded = read_record(assets).get("config", {})
+    if not path.is_file() or set_only({s: recorded.get(s) for s in EVAL_SECTIONS}) != cfg.settings(*EVAL_SECTIONS):
         return None
     return json.loads(path.read_text())
 

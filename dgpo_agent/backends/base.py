@@ -15,7 +15,8 @@ class SamplingParams:
     """Decoding settings, always passed explicitly (evaluation is greedy unless told otherwise).
 
     ``temperature == 0`` means greedy decoding. ``max_new_tokens`` bounds one turn, not the trajectory.
-    ``seed`` makes sampling repeatable where the backend supports it.
+    ``seed`` makes sampling repeatable where the backend supports it; a backend seeds each call with it,
+    and the agent derives a fresh one for every turn (``rollout.turn_sampling``).
     """
 
     temperature: float = 0.0
