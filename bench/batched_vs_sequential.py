@@ -25,11 +25,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from dgpo_agent.agent import CompactSearchAgent
-    from dgpo_agent.world import load_questions
+    from dgpo_agent.world import WorldDir, load_questions
 
-    records = load_questions(args.world / "test.jsonl")[: args.n]
+    world = WorldDir(args.world)
+    records = load_questions(world.questions("test"))[: args.n]
     questions = [r["question"] for r in records]
-    agent = CompactSearchAgent(args.model, str(args.store or args.world / "chroma"), max_new_tokens=args.max_new_tokens)
+    agent = CompactSearchAgent(args.model, str(args.store or world.store), max_new_tokens=args.max_new_tokens)
     agent.invoke(questions[0])  # warm up: load the embedder and the model once, outside the timings
 
     start = time.perf_counter()

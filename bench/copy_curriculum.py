@@ -21,6 +21,8 @@ import json
 import time
 from pathlib import Path
 
+from dgpo_agent.training.run import RunDir
+
 ARMS = {"copy": 0.3, "control": 0.0}
 
 
@@ -61,8 +63,8 @@ def train_and_test(args: argparse.Namespace, arm: str, seed: int) -> dict:
     from dgpo_agent.store import read_corpus
     from dgpo_agent.world import NameGenerator
 
-    world = args.run / "world"
-    corpus = list(read_corpus(world / "corpus.jsonl"))
+    world = RunDir(args.run).world
+    corpus = list(read_corpus(world.corpus))
     tokenizer = world_tokenizer(world, corpus)
     work = args.work / f"{arm}-seed{seed}"
     model = build_model(STUDENT, tokenizer, seed=seed)
@@ -87,24 +89,25 @@ def train_and_test(args: argparse.Namespace, arm: str, seed: int) -> dict:
 
 def demonstrations(run: Path, work: Path) -> Path:
     """The oracle's trajectories over the training questions: the run's, or rolled out here once (resumable)."""
-    if (run / "oracle" / "train.jsonl").is_file():
-        return run / "oracle" / "train.jsonl"
+    if RunDir(run).oracle_split("train").is_file():
+        return RunDir(run).oracle_split("train")
     from dgpo_agent.rollout import AgentConfig
     from dgpo_agent.store import ChromaStore
-    from dgpo_agent.training.rollouts import rollout_records
+    from dgpo_agent.evals.harness import rollout_records
     from dgpo_agent.world import OraclePolicy, load_questions
 
-    path, records = work / "oracle-train.jsonl", load_questions(run / "world" / "train.jsonl")
-    rollout_records(records, OraclePolicy(), ChromaStore(run / "world" / "chroma", must_exist=True), AgentConfig(), path, label="oracle train")
+    world = RunDir(run).world
+    path, records = work / "oracle-train.jsonl", load_questions(world.questions("train"))
+    rollout_records(records, OraclePolicy(), ChromaStore(world.store, must_exist=True), AgentConfig(), path, label="oracle train")
     return path
 
 
-def world_tokenizer(world: Path, corpus: list[dict]):
+def world_tokenizer(world, corpus: list[dict]):
     from dgpo_agent.training.config import TokenizerSettings
     from dgpo_agent.training.tokenizer import train_tokenizer, world_texts
     from dgpo_agent.world import load_questions
 
-    questions = [r["question"] for r in load_questions(world / "train.jsonl")]
+    questions = [r["question"] for r in load_questions(world.questions("train"))]
     return train_tokenizer(world_texts(corpus, questions), vocab_size=TokenizerSettings().vocab_size)
 
 
@@ -127,15 +130,15 @@ def supervised(model, tokenizer, corpus, demonstrations: Path, steps: int, copy_
     return train_sft(model, tokenizer, with_lm_stream(demos, tokenizer, corpus, TeacherSettings().lm_fraction, stream), config)
 
 
-def evaluate(model, tokenizer, world: Path, n: int, out: Path) -> dict:
+def evaluate(model, tokenizer, world, n: int, out: Path) -> dict:
     """Greedy test EM per data source through the batched graph; trajectories kept in ``out``."""
     from dgpo_agent.backends.transformers import TransformersPolicy
     from dgpo_agent.store import ChromaStore
     from dgpo_agent.training.evaluate import evaluate_policy, greedy_config
     from dgpo_agent.world import load_questions
 
-    records = load_questions(world / "test.jsonl")[:n]
-    policy, store = TransformersPolicy(model.eval(), tokenizer), ChromaStore(world / "chroma", must_exist=True)
+    records = load_questions(world.questions("test"))[:n]
+    policy, store = TransformersPolicy(model.eval(), tokenizer), ChromaStore(world.store, must_exist=True)
     return evaluate_policy(policy, records, store, greedy_config(4, 3, 96), out, label="test")
 
 

@@ -38,10 +38,11 @@ def main() -> None:
     from dgpo_agent.evals.harness import EvalConfig, evaluate, metrics
     from dgpo_agent.rollout import AgentConfig
     from dgpo_agent.store import open_retriever
-    from dgpo_agent.world import load_questions
+    from dgpo_agent.world import WorldDir, load_questions
 
-    records = load_questions(args.world / "test.jsonl")[: args.n]
-    retriever = open_retriever(str(args.world / "chroma"))
+    world = WorldDir(args.world)
+    records = load_questions(world.questions("test"))[: args.n]
+    retriever = open_retriever(str(world.store))
     policy = _policy(args.model)
     agent = AgentConfig(max_turns=args.max_turns, sampling=SamplingParams(max_new_tokens=args.max_new_tokens))
     times: dict[str, list[float]] = {"sequential": [], "batched": []}

@@ -40,12 +40,14 @@ def main() -> None:
     from dgpo_agent.backends.transformers import TransformersPolicy
     from dgpo_agent.rollout import AgentConfig, run_batch, token_trajectory
     from dgpo_agent.store import ChromaStore
+    from dgpo_agent.training.run import RunDir
     from dgpo_agent.world import load_questions
 
     torch.set_num_threads(1)  # a shared 2-core machine: one thread is steadier (see bench/README)
-    model = TransformersPolicy.from_pretrained(str(args.model or args.run / "teacher"), device="cpu")
-    store = ChromaStore(args.run / "world" / "chroma", must_exist=True)
-    questions = [r["question"] for r in load_questions(args.run / "world" / "test.jsonl")[: args.n]]
+    run = RunDir(args.run)
+    model = TransformersPolicy.from_pretrained(str(args.model or run.teacher), device="cpu")
+    store = ChromaStore(run.world.store, must_exist=True)
+    questions = [r["question"] for r in load_questions(run.world.questions("test"))[: args.n]]
     config = AgentConfig(sampling=SamplingParams(max_new_tokens=args.max_new_tokens))
 
     def rollout(arm: str) -> tuple[float, list]:

@@ -1,18 +1,20 @@
-"""DGPO against its baselines on the tiny world, over seeds: the paper's results table as mean ± std.
+"""RL methods and ablations on the tiny world over seeds: the paper's results table as mean ± std.
 
-From one run prepared through the cold start (`dgpo-agent train --stop-after cold-start`), every
-seed gets its own copy of the run (hard links: nothing is retrained) and runs the pipeline's ``rl``
-and ``results`` stages with ``rl.seed`` = that seed: DGPO and the teacher-free baselines (PPO, GRPO,
-from the cold start; add ``ppo-from-base`` to start one from the base student). The cold start and
-the teacher are shared by all seeds, so the spread is RL's own. Test EM is greedy, through the graph,
-on the entity-disjoint test split, per ``data_source``.
+From one run prepared through the cold start (`dgpo-agent train --stop-after cold-start`), every arm
+and seed gets its own copy of the run (hard links: nothing is retrained) and runs the pipeline's
+``rl`` and ``results`` stages with ``rl.seed`` = that seed. An arm is an RL method (``dgpo``, ``ppo``,
+``grpo``, ``gkd``, optionally ``-from-base``) with optional ``rl`` settings of its own, so ablations
+(KL on all rollouts, each form of the teacher's term) are arms too. The cold start and the teacher
+are shared by every arm and seed, so the spread is RL's own. Test EM is greedy, through the graph, on
+the entity-disjoint test split, per ``data_source``; each arm's gap to the first arm is paired by seed.
 
     dgpo-agent train --stop-after cold-start
-    python bench/rl_compare.py --run runs/tiny --seeds 0 1 --methods dgpo ppo grpo
+    python bench/rl_compare.py --run runs/tiny --seeds 0 1 2 --arms dgpo ppo grpo
+    python bench/rl_compare.py --run runs/tiny --seeds 0 1 2 --arms-file bench/arms/ablations.yaml --out bench/results/rl_ablations.json
 
-Beside the JSON it writes the training curves of every method over the seeds (reward, dev EM, KL to
-the teacher, entropy, response length, searches) as a PNG of the same name; ``--plot-only`` redraws
-that from the seeds' logs under ``--work`` without training.
+Beside the JSON it writes the training curves of every arm over the seeds (reward, dev EM, KL to the
+teacher, entropy, response length, searches) as a PNG of the same name; ``--plot-only`` redraws that
+from the logs under ``--work`` without training.
 """
 
 from __future__ import annotations
@@ -23,82 +25,118 @@ import shutil
 import statistics
 from pathlib import Path
 
-SHARED = ("world", "oracle", "tokenizer", "base", "teacher", "tgo", "cold_start")
+from dgpo_agent.training.run import RunDir
+
+SHARED = ("world", "index", "oracle", "tokenizer", "base", "teacher", "tgo", "cold-start")  # the prepared stages every arm reuses
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=Path("runs/tiny"), help="a run prepared through the cold start")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--methods", nargs="+", default=["dgpo", "ppo", "grpo"], help="the first is rl.method, the rest baselines")
-    parser.add_argument("--config", type=Path, help="YAML overrides (e.g. rl.steps), as for dgpo-agent train")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=["dgpo", "ppo", "grpo"], help="RL methods, each an arm with the run's settings")
+    parser.add_argument("--arms-file", type=Path, help="YAML: arm name -> {method, rl: {settings}}; replaces --arms")
+    parser.add_argument("--config", type=Path, help="YAML overrides every arm shares (e.g. rl.max_steps), as for dgpo-agent train")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-rl"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/rl_compare.json"))
     parser.add_argument("--plot-only", action="store_true", help="only redraw the curves from the logs under --work")
     args = parser.parse_args()
 
+    arms = read_arms(args.arms_file) if args.arms_file else {name: {"method": name} for name in args.arms}
     if args.plot_only:
-        print(plot(args.work, args.out.with_suffix(".png")))
+        print(plot(args.work, arms, args.out.with_suffix(".png")))
         return
-    runs = {seed: run_seed(args, seed) for seed in args.seeds}
-    table = summarise(runs)
+    runs = {arm: {seed: run_arm(args, arm, spec, seed) for seed in args.seeds} for arm, spec in arms.items()}
+    table = summarise(runs, arms)
+    gaps = paired_gaps(runs, arms, next(iter(arms)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"seeds": args.seeds, "runs": runs, "table": table}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"seeds": args.seeds, "arms": arms, "runs": runs, "table": table, "gaps": gaps}, indent=2) + "\n")
     print("\n".join(markdown(table)))
-    print(plot(args.work, args.out.with_suffix(".png")))
+    print("\n".join(f"{arm} − {next(iter(arms))}: {_mean_std(values)} (per seed {values})" for arm, values in gaps.items()))
+    print(plot(args.work, arms, args.out.with_suffix(".png")))
 
 
-def run_seed(args: argparse.Namespace, seed: int) -> dict:
-    """The rl and results stages of one seed's copy of the prepared run; returns its summaries."""
+def read_arms(path: Path) -> dict[str, dict]:
+    from dgpo_agent.training.config import read_yaml
+
+    arms = read_yaml(path, "--arms-file")
+    for name, spec in arms.items():
+        if not isinstance(spec, dict) or "method" not in spec or set(spec) - {"method", "rl"}:
+            raise SystemExit(f"error: arm {name!r} in {path} must be {{method: NAME, rl: {{settings}}}}")
+    return arms
+
+
+def run_arm(args: argparse.Namespace, arm: str, spec: dict, seed: int) -> dict:
+    """The rl and results stages of one arm's and seed's copy of the prepared run; returns their summaries."""
     from dgpo_agent.training.config import load_config
     from dgpo_agent.training.pipeline import run_pipeline
 
-    work = args.work / f"seed{seed}"
-    cfg = load_config(json.loads((args.run / "config.json").read_text())["preset"], args.config, out=work)
-    cfg.rl.method, cfg.rl.baselines, cfg.rl.seed = args.methods[0], args.methods[1:], seed
+    work = args.work / arm / f"seed{seed}"
+    overrides = {"rl": {**spec.get("rl", {}), "method": spec["method"], "baselines": [], "seed": seed}}
+    cfg = load_config(json.loads(RunDir(args.run).config.read_text())["preset"], args.config, out=work, overrides=overrides)
     link_prepared(args.run, work)
     summaries = run_pipeline(cfg)
-    return {"rl": summaries["rl"], "results": summaries["results"]}
+    rl = summaries["rl"][spec["method"]]
+    return {"rl": {k: rl[k] for k in ("start", "train", "curve")}, "results": summaries["results"]}
 
 
 def link_prepared(run: Path, work: Path) -> None:
     """Hard-link the prepared stages (outputs and cache markers) into ``work``, once."""
-    if (work / ".stages").is_dir():
+    prepared, copy = RunDir(run), RunDir(work)
+    if copy.stages.is_dir():
         return
-    (work / ".stages").mkdir(parents=True)
-    for name in SHARED:
-        if (run / name).exists():
-            shutil.copytree(run / name, work / name, copy_function=_link)
-    for marker in (run / ".stages").iterdir():
-        if marker.stem not in ("rl", "results"):
-            shutil.copy(marker, work / ".stages" / marker.name)  # copies: the pipeline rewrites markers
+    copy.stages.mkdir(parents=True)
+    for stage in SHARED:
+        for source, dest in zip(prepared.outputs(stage), copy.outputs(stage), strict=True):
+            if source.exists():
+                shutil.copytree(source, dest, copy_function=_link)
+        for marker in (prepared.marker(stage), prepared.started(stage)):
+            if marker.is_file():
+                shutil.copy(marker, copy.stages / marker.name)  # copies: the pipeline rewrites markers
 
 
 def _link(src: str, dst: str) -> None:
     Path(dst).hardlink_to(src)
 
 
-def plot(work: Path, path: Path) -> Path:
-    """Every method's RL curves over the seeds under ``work`` (``seed*/rl/<method>/metrics.jsonl``)."""
+def plot(work: Path, arms: dict[str, dict], path: Path) -> Path:
+    """Every arm's RL curves over its seeds under ``work``."""
     from dgpo_agent.training.callbacks import METRICS, read_log
     from dgpo_agent.training.plots import plot_rl_seeds
 
-    logs: dict[str, list[list[dict]]] = {}
-    for log in sorted(work.glob(f"seed*/rl/*/{METRICS}")):
-        logs.setdefault(log.parent.name, []).append(read_log(log))
+    logs = {
+        arm: [read_log(RunDir(seed).rl(spec["method"]) / METRICS) for seed in sorted((work / arm).glob("seed*"))]
+        for arm, spec in arms.items()
+    }
+    logs = {arm: [log for log in seeds if log] for arm, seeds in logs.items() if any(seeds)}
     if not logs:
-        raise SystemExit(f"no RL logs under {work}/seed*/rl/: run the benchmark first, or pass its --work")
-    return plot_rl_seeds(logs, path, f"RL methods over seeds: mean and range ({work})")
+        raise SystemExit(f"no RL logs under {work}/<arm>/seed*/: run the benchmark first, or pass its --work")
+    return plot_rl_seeds(logs, path, f"RL arms over seeds: mean and range ({work})")
 
 
-def summarise(runs: dict[int, dict]) -> dict[str, dict[str, list[float]]]:
-    """Model → data source → the test EM of each seed."""
-    table: dict[str, dict[str, list[float]]] = {}
-    for run in runs.values():
-        for model, by_source in run["results"].items():
-            for source, em in by_source.items():
-                table.setdefault(model, {}).setdefault(source, []).append(em)
+def summarise(runs: dict[str, dict[int, dict]], arms: dict[str, dict]) -> dict[str, dict[str, list[float]]]:
+    """Model → data source → the test EM of each seed: every arm's policy, and once the models every arm
+    shares (the base student, the teacher, the cold start)."""
+    shared = {model: by_source for seeds in runs.values() for run in seeds.values() for model, by_source in run["results"].items()}
+    table = {model: {s: [em] for s, em in by_source.items()} for model, by_source in shared.items() if model not in _methods(arms)}
+    for arm, seeds in runs.items():
+        for run in seeds.values():
+            for source, em in run["results"][arms[arm]["method"]].items():
+                table.setdefault(arm, {}).setdefault(source, []).append(em)
     return table
+
+
+def paired_gaps(runs: dict[str, dict[int, dict]], arms: dict[str, dict], reference: str) -> dict[str, list[float]]:
+    """Each arm's test EM minus the reference arm's, seed by seed."""
+
+    def em(arm: str, seed: int) -> float:
+        return runs[arm][seed]["results"][arms[arm]["method"]]["all"]
+
+    return {arm: [round(em(arm, seed) - em(reference, seed), 4) for seed in seeds if seed in runs[reference]] for arm, seeds in runs.items() if arm != reference}
+
+
+def _methods(arms: dict[str, dict]) -> set[str]:
+    return {spec["method"] for spec in arms.values()}
 
 
 def markdown(table: dict[str, dict[str, list[float]]]) -> list[str]:

@@ -43,25 +43,27 @@ def main() -> None:
     from dgpo_agent.backends.base import SamplingParams
     from dgpo_agent.rollout import AgentConfig
     from dgpo_agent.store import open_retriever
-    from dgpo_agent.training.rl import RLConfig, RLTrainer
+    from dgpo_agent.training.rl import RLTrainer
+    from dgpo_agent.training.rl_config import RLConfig
+    from dgpo_agent.training.run import RunDir
     from dgpo_agent.training.zoo import STUDENT, TEACHER, build_model, count_params
     from dgpo_agent.world import load_questions
 
     torch.set_num_threads(1)
-    tokenizer = AutoTokenizer.from_pretrained(args.run / "tokenizer")
+    run = RunDir(args.run)
+    tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)
     if args.fresh:
         student, teacher = build_model(STUDENT, tokenizer, seed=0), build_model(TEACHER, tokenizer, seed=1)
     else:
-        student = AutoModelForCausalLM.from_pretrained(args.run / "cold_start" / "kd")
-        teacher = AutoModelForCausalLM.from_pretrained(args.run / "teacher")
-    world = args.run / "world"
-    records = load_questions(world / "train.jsonl")
+        student = AutoModelForCausalLM.from_pretrained(run.cold_start("kd"))
+        teacher = AutoModelForCausalLM.from_pretrained(run.teacher)
+    records = load_questions(run.world.questions("train"))
     agent = AgentConfig(max_turns=args.max_turns, top_k=3, sampling=SamplingParams(max_new_tokens=args.max_new_tokens))
     config = RLConfig(
         output_dir=tempfile.mkdtemp(), rollout_batch_size=args.batch, micro_batch_size=8, num_minibatches=2,
-        max_steps=args.steps + 1, learning_rate=1e-5, warmup_ratio=0.0, critic_warmup_ratio=0.0,
+        max_steps=args.steps + 1, learning_rate=1e-5, warmup_ratio=0.0, critic_warmup_ratio=0.0, max_new_tokens=args.max_new_tokens,
     )
-    trainer = RLTrainer(student, tokenizer, records, open_retriever(str(world / "chroma")), agent, config, teacher=teacher)
+    trainer = RLTrainer(student, tokenizer, records, open_retriever(str(run.world.store)), agent, config, teacher=teacher)
     trainer.train_step(1)  # warm-up: embedder, allocator, first-call overheads
     score, seen = trainer._score, {}
     trainer._score = lambda batch, scores: seen.update(batch=batch, scores=scores) or score(batch, scores)

@@ -35,20 +35,22 @@ def main() -> None:
     from dgpo_agent.training import stages
     from dgpo_agent.training.callbacks import read_log
     from dgpo_agent.training.config import load_config
-    from dgpo_agent.training.rl import METRICS_FILE
+    from dgpo_agent.training.run import Run, RunDir
+    from dgpo_agent.training.callbacks import METRICS
 
     overrides = settings(args.settings)
     overrides.setdefault("rl", {})["eval_questions"] = args.dev
     try:
-        cfg = load_config(json.loads((args.run / "config.json").read_text())["preset"], out=args.run, overrides=overrides)
+        cfg = load_config(json.loads(RunDir(args.run).config.read_text())["preset"], out=args.run, overrides=overrides)
     except DGPOError as err:
         raise SystemExit(f"error: {err}") from None
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    start = stages.train_rl_method(cfg, args.run, args.method, args.work / args.name)
+    run = Run(cfg)
+    start = stages.train_rl_method(run, args.method, args.work / args.name)
     if results.get("start", {}).get("key") != [str(start), args.dev]:
-        score = stages.dev_em(cfg, args.run, stages.student_tokenizer(cfg, args.run), args.dev)
+        score = stages.dev_em(run, run.student_tokenizer, args.dev)
         results["start"] = {"key": [str(start), args.dev], "dev_em": score(stages.load_model(start).eval())["em"]}
-    log = read_log(args.work / args.name / METRICS_FILE)
+    log = read_log(args.work / args.name / METRICS)
     window = max(1, cfg.rl.eval_every)
     results[args.name] = {
         "method": args.method,
@@ -56,9 +58,8 @@ def main() -> None:
         "rl": dataclasses.asdict(cfg.rl),
         "dev_questions": args.dev,
         "dev_em": {e["step"]: e["dev_em"] for e in log if "dev_em" in e},
-        # Means over each eval window of steps: single steps see 64 different questions and are noisy.
-        "reward": window_means(log, "reward", window, 3),
-        "response_length": window_means(log, "response_length", window, 1),
+        # Means over each eval window of steps: single steps see different questions and are noisy.
+        **{key: window_means(log, key, window, digits) for key, digits in WINDOWED.items() if any(e.get(key) is not None for e in log)},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
@@ -77,8 +78,12 @@ def settings(pairs: list[str]) -> dict:
     return overrides
 
 
+# Logged per step, reported as means over each evaluation window: what the update did to the policy.
+WINDOWED = {"reward": 3, "response_length": 1, "search_count": 2, "invalid_rate": 3, "kl_wrong": 3, "approx_kl": 5, "entropy": 3}
+
+
 def window_means(log: list[dict], key: str, window: int, digits: int) -> list[float]:
-    return [round(statistics.fmean(e[key] for e in log[i : i + window]), digits) for i in range(0, len(log), window)]
+    return [round(statistics.fmean(e[key] for e in log[i : i + window] if e.get(key) is not None), digits) for i in range(0, len(log), window)]
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "CompactSearchAgent": "dgpo_agent.agent",
     "AgentOutput": "dgpo_agent.agent",
+    "AgentRecord": "dgpo_agent.agent",
     "save_checkpoint": "dgpo_agent.agent",
     "AgentConfig": "dgpo_agent.rollout",
     "run_batch": "dgpo_agent.rollout",

@@ -8,17 +8,75 @@ step logic and returns the same trajectories for a greedy model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence, TypedDict
 
 from dgpo_agent.backends.base import Policy, SamplingParams
 from dgpo_agent.errors import DGPOError
+from dgpo_agent.protocol import PROTOCOL_VERSION
 from dgpo_agent.rollout import AgentConfig, check_question, run_batch
+from dgpo_agent.store import is_url
 from dgpo_agent.state import AgentState, Step, transcript
 
-AGENT_FILE = "dgpo_agent.json"  # written beside a checkpoint: which store it was trained with
+AGENT_FILE = "dgpo_agent.json"  # written beside a checkpoint: the agent it was trained as
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """What ``dgpo_agent.json`` beside a checkpoint holds: everything needed to rebuild the agent the
+    model was trained as. The store (a local one as an absolute path, so the checkpoint loads from any
+    working directory), its collection and the embedder it was indexed with (None: the packaged
+    MiniLM), the turn and document budgets, and the protocol version."""
+
+    store: str
+    collection: str = "dgpo"
+    embedder: str | None = None
+    max_turns: int = 4
+    top_k: int = 3
+    protocol: str = PROTOCOL_VERSION
+
+    def __post_init__(self) -> None:
+        store = str(self.store)
+        object.__setattr__(self, "store", store if is_url(store) else str(Path(store).resolve()))
+
+    def write(self, checkpoint: str | Path) -> Path:
+        path = Path(checkpoint) / AGENT_FILE
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, checkpoint: str | Path) -> AgentRecord | None:
+        """The record beside ``checkpoint``, or None when it has none (a hub name, a URL, a bare model)."""
+        path = Path(str(checkpoint)) / AGENT_FILE
+        if not path.is_file():
+            return None
+        fields = {f.name for f in dataclasses.fields(cls)}
+        record = cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in fields})
+        if record.protocol != PROTOCOL_VERSION:
+            raise DGPOError(
+                f"{checkpoint} was trained with protocol {record.protocol}; this dgpo-agent speaks {PROTOCOL_VERSION}: "
+                "install the dgpo-agent release that trained it"
+            )
+        return record
+
+    def agent_settings(self) -> dict[str, Any]:
+        """The ``CompactSearchAgent`` keyword arguments this record fixes."""
+        return {"collection": self.collection, "max_turns": self.max_turns, "top_k": self.top_k}
+
+
+def save_checkpoint(
+    path: str | Path, model: Any, tokenizer: Any, store: Any, collection: str = "dgpo", max_turns: int = 4, top_k: int = 3
+) -> Path:
+    """Save a model and tokenizer with the record ``from_pretrained`` (and ``dgpo-agent chat``) read."""
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    AgentRecord(str(store), collection=collection, max_turns=max_turns, top_k=top_k).write(path)
+    return path
 
 
 class AgentOutput(TypedDict):
@@ -51,26 +109,6 @@ def resolve_policy(model: Any, **kwargs: Any) -> Policy:
     return load_policy(model, **kwargs)
 
 
-def save_checkpoint(path: str | Path, model: Any, tokenizer: Any, store: Any) -> Path:
-    """Save a model and tokenizer with the store record ``from_pretrained`` (and ``dgpo-agent chat``) read.
-
-    A local store is recorded as an absolute path, so the checkpoint loads from any working directory.
-    """
-    path = Path(path)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return write_store_record(path, store)
-
-
-def write_store_record(path: str | Path, store: Any) -> Path:
-    """Record beside a saved checkpoint which store it searches (a local store as an absolute path)."""
-    path = Path(path)
-    is_url = isinstance(store, str) and store.startswith(("http://", "https://"))
-    record = {"store": store if is_url else str(Path(store).resolve())}
-    (path / AGENT_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    return path
-
-
 class CompactSearchAgent:
     """A compact search agent: think, search the store, read, answer.
 
@@ -83,6 +121,7 @@ class CompactSearchAgent:
         model: Any,
         store: Any,
         *,
+        collection: str = "dgpo",
         max_turns: int = 4,
         top_k: int = 3,
         temperature: float = 0.0,
@@ -98,22 +137,22 @@ class CompactSearchAgent:
             raise DGPOError("no model given: pass a checkpoint directory, a Hugging Face name, a server URL or 'oracle'")
         if store is None:
             raise DGPOError("no store given: pass a Chroma directory or URL, or a LangChain retriever")
-        self.policy = resolve_policy(model, **policy_kwargs)
-        self.retriever = open_retriever(store)
         sampling = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
-        self.config = AgentConfig(max_turns=max_turns, top_k=top_k, sampling=sampling)
+        self.config = AgentConfig(max_turns=max_turns, top_k=top_k, sampling=sampling)  # checked before anything loads
+        self.retriever = open_retriever(store, collection)
+        self.policy = resolve_policy(model, **policy_kwargs)
         self.checkpointer = checkpointer
         self._graph = None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, store: Any = None, **kwargs: Any) -> "CompactSearchAgent":
-        """Load a trained checkpoint; the store defaults to the one recorded beside it at training time."""
-        record = Path(path) / AGENT_FILE
-        if store is None and record.is_file():
-            store = json.loads(record.read_text())["store"]
-        if store is None:
-            raise DGPOError(f"no store recorded in {record}: pass store=<Chroma directory or URL>")
-        return cls(str(path), store, **kwargs)
+        """Load a trained checkpoint as the agent it was trained as: its store, collection, turns and
+        documents per search come from its record (``dgpo_agent.json``); keyword arguments override them."""
+        record = AgentRecord.read(path)
+        if store is None and record is None:
+            raise DGPOError(f"no store recorded beside {path} ({AGENT_FILE}): pass store=<Chroma directory or URL>")
+        settings = record.agent_settings() if record else {}
+        return cls(str(path), store if store is not None else record.store, **{**settings, **kwargs})
 
     @property
     def graph(self):

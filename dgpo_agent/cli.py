@@ -6,6 +6,7 @@ User errors (``DGPOError``) print as one line, with no traceback, and exit with 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -22,8 +23,19 @@ app = typer.Typer(
 DEFAULT_WORLD = Path("dgpo-world")
 
 
+def _check(option: str, value: float | None, low: float, high: float | None = None) -> None:
+    """Refuse an out-of-range option with one line (before anything is loaded or written)."""
+    from dgpo_agent.errors import DGPOError
+
+    if value is not None and (value < low or (high is not None and value > high)):
+        allowed = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise DGPOError(f"{option} must be {allowed} (got {value})")
+
+
 def _store_for(world: Path) -> Path:
-    return world / "chroma"
+    from dgpo_agent.world.files import WorldDir
+
+    return WorldDir(world).store
 
 
 @app.command()
@@ -33,7 +45,11 @@ def world(
     size: str = typer.Option("default", help="'default' (the tiny-model world) or 'small' (for tests)."),
 ) -> None:
     """Generate the embedded synthetic world: knowledge base, passages and train/dev/test questions."""
+    from dgpo_agent.errors import DGPOError
     from dgpo_agent.world import generate_world
+
+    if out.exists() and not out.is_dir():
+        raise DGPOError(f"--out {out} is a file: pass a directory to write the world into")
     from dgpo_agent.world.kb import WorldConfig
 
     summary = generate_world(out, WorldConfig.preset(size, seed=seed))
@@ -56,10 +72,17 @@ def index(
     """Index a corpus into a Chroma store. Re-running adds only what is missing (safe to resume)."""
     from dgpo_agent.store import Embedder, index_corpus
 
+    for option, value in (("--batch-size", batch_size), ("--ef-construction", ef_construction), ("--max-neighbors", max_neighbors), ("--ef-search", ef_search)):
+        _check(option, value, 1)
+
     emb = Embedder(embedder, query_prefix=query_prefix, passage_prefix=passage_prefix) if embedder or query_prefix or passage_prefix else None
     hnsw = dict(ef_construction=ef_construction, max_neighbors=max_neighbors, ef_search=ef_search)
     result = index_corpus(corpus, store, collection=collection, embedder=emb, batch_size=batch_size, hnsw=hnsw)
-    typer.echo(f"store {store} (collection {collection}) holds {result.count()} passages")
+    done = result.last_ingest
+    typer.echo(
+        f"store {store} (collection {collection}) holds {result.count()} passages: {done['added']} added, {done['updated']} updated, "
+        f"{done['removed']} removed, {done['duplicates']} duplicate records skipped"
+    )
 
 
 @app.command()
@@ -67,14 +90,16 @@ def ask(
     question: str = typer.Argument(..., help="The question to answer."),
     model: Optional[str] = typer.Option(None, help="Checkpoint directory, Hugging Face name, or server URL."),
     policy: Optional[str] = typer.Option(None, help="'oracle' runs the world's scripted expert (no model needed)."),
-    store: str = typer.Option(str(_store_for(DEFAULT_WORLD)), help="Chroma directory or URL."),
-    max_turns: int = typer.Option(4, help="Rounds in which a search is executed."),
-    top_k: int = typer.Option(3, help="Documents per search."),
+    store: Optional[str] = typer.Option(None, help=f"Chroma directory or URL (default: the checkpoint's store, else {_store_for(DEFAULT_WORLD)})."),
+    collection: Optional[str] = typer.Option(None, help="Chroma collection (default: the checkpoint's, else dgpo)."),
+    max_turns: Optional[int] = typer.Option(None, help="Rounds in which a search is executed (default: the checkpoint's, else 4)."),
+    top_k: Optional[int] = typer.Option(None, help="Documents per search (default: the checkpoint's, else 3)."),
     temperature: float = typer.Option(0.0, help="0 decodes greedily."),
     max_new_tokens: int = typer.Option(256, help="Token budget of one turn."),
+    json_output: bool = typer.Option(False, "--json", help="Print the answer, steps and documents as one JSON object (for scripts)."),
 ) -> None:
     """Answer a question, printing each think, search (with its documents) and the answer."""
-    from dgpo_agent.agent import CompactSearchAgent
+    from dgpo_agent.agent import AgentRecord
     from dgpo_agent.rollout import check_question
     from dgpo_agent.errors import DGPOError
 
@@ -83,11 +108,19 @@ def ask(
         raise DGPOError("pass exactly one of --model PATH|NAME|URL or --policy oracle")
     if policy not in (None, "oracle"):
         raise DGPOError(f"unknown policy {policy!r}: the only scripted policy is 'oracle'")
-    agent = CompactSearchAgent(
-        model or policy, store, max_turns=max_turns, top_k=top_k, temperature=temperature, max_new_tokens=max_new_tokens
+    record = AgentRecord.read(model) if model else None
+    store = store or (record.store if record else str(_store_for(DEFAULT_WORLD)))
+    agent = _agent(
+        model or policy, store, collection=collection, max_turns=max_turns, top_k=top_k, temperature=temperature, max_new_tokens=max_new_tokens
     )
     from dgpo_agent.display import print_step
 
+    if json_output:
+        import json
+
+        out = agent.invoke(question)
+        typer.echo(json.dumps({k: out[k] for k in ("question", "answer", "steps")}, ensure_ascii=False))
+        return
     for step in agent.stream(question):
         print_step(step)
 
@@ -122,13 +155,14 @@ def prepare(
     """
     from dgpo_agent.training.config import load_config
     from dgpo_agent.training.pipeline import run_pipeline
+    from dgpo_agent.training.run import Run
     from dgpo_agent.training.starting_point import ASSETS, export
 
     cfg = load_config("tiny", out=out)
     cfg.starting_point = "scratch"
     _quiet_transformers()
     summaries = run_pipeline(cfg, stop_after="teacher")
-    record = export(cfg, out, summaries, command=f"dgpo-agent prepare --out {out}", dest=ship_to or ASSETS)
+    record = export(Run(cfg), summaries, command=f"dgpo-agent prepare --out {out}", dest=ship_to or ASSETS)
     _print_summary("shipped starting point", {"teacher test EM": record["scores"]["teacher"]["all"]["em"]})
 
 
@@ -156,11 +190,14 @@ def eval_(
     from dgpo_agent.rollout import AgentConfig
     from dgpo_agent.store import open_retriever
 
+    for option, value in (("--max-turns", max_turns), ("--top-k", top_k), ("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size)):
+        _check(option, value, 1)
+    _check("--limit", limit, 0)
     models = model_specs(model)
     records = load_dataset(data, limit)
     sampling = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     config = EvalConfig(AgentConfig(max_turns=max_turns, top_k=top_k, sampling=sampling), batch_size=batch_size)
-    retriever = open_retriever(store or str(data.parent / "chroma"))
+    retriever = open_retriever(store or str(_store_for(data.parent)))
     options = {k: v for k, v in (("backend", backend), ("device", device)) if v}
     results = evaluate_models(models, records, retriever, config, out, data, **options)
     write_report(results, out)
@@ -174,21 +211,32 @@ def eval_(
 def chat(
     model: Optional[str] = typer.Option(None, help="Checkpoint, Hugging Face name, server URL or 'oracle' (default: the latest trained checkpoint)."),
     store: Optional[str] = typer.Option(None, help="Chroma directory or URL (default: the checkpoint's store, else the latest run's world store)."),
+    collection: Optional[str] = typer.Option(None, help="Chroma collection (default: the checkpoint's, else dgpo)."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; 0.0.0.0 opens the demo to your network."),
     port: int = typer.Option(7860, help="Port of the web page."),
     share: bool = typer.Option(False, help="Also open a public gradio.live link."),
-    max_turns: int = typer.Option(4, help="Initial rounds in which a search is executed (adjustable in the page)."),
-    top_k: int = typer.Option(3, help="Initial documents per search (adjustable in the page)."),
+    max_turns: Optional[int] = typer.Option(None, help="Initial rounds in which a search is executed (default: the checkpoint's, else 4; adjustable in the page)."),
+    top_k: Optional[int] = typer.Option(None, help="Initial documents per search (default: the checkpoint's, else 3; adjustable in the page)."),
     temperature: float = typer.Option(0.0, help="Initial temperature, 0 decodes greedily (adjustable in the page)."),
 ) -> None:
     """Open the Gradio chat demo: thoughts, searches and documents stream as steps, the answer is the reply."""
-    from dgpo_agent.agent import CompactSearchAgent
+    _check("--port", port, 1, 65535)
     from dgpo_agent.serving.chat import launch
     from dgpo_agent.serving.defaults import resolve, world_examples
 
     model, store = resolve(model, store)
-    agent = CompactSearchAgent(model, store, max_turns=max_turns, top_k=top_k, temperature=temperature)
+    agent = _agent(model, store, collection=collection, max_turns=max_turns, top_k=top_k, temperature=temperature)
     launch(agent, world_examples(store), host=host, port=port, share=share)
+
+
+def _agent(model: str, store: str, **settings: object) -> object:
+    """The agent a command line names: the checkpoint's recorded settings (collection, turns, documents
+    per search), overridden by the options the user gave (None: not given)."""
+    from dgpo_agent.agent import AgentRecord, CompactSearchAgent
+
+    record = AgentRecord.read(model)
+    given = {k: v for k, v in settings.items() if v is not None}
+    return CompactSearchAgent(model, store, **{**(record.agent_settings() if record else {}), **given})
 
 
 @app.command(context_settings={"allow_extra_args": True})
@@ -200,6 +248,7 @@ def serve(
     backend: str = typer.Option("auto", help="auto (vLLM on a CUDA GPU when installed, else transformers), vllm or transformers."),
 ) -> None:
     """Serve a checkpoint as an OpenAI-compatible completions API; arguments after -- go to `vllm serve`."""
+    _check("--port", port, 1, 65535)
     from dgpo_agent.serving.completions_server import serve as run_server
     from dgpo_agent.serving.defaults import default_model
 
@@ -225,9 +274,13 @@ def _print_summary(title: str, summary: dict) -> None:
 
 
 def main() -> None:
-    """Entry point: turn user errors into one line on stderr and exit status 2."""
+    """Entry point: turn user errors into one line on stderr and exit status 2. Model loading's
+    per-file progress bars stay off: commands show their own progress, and errors stay one line."""
     from dgpo_agent.errors import DGPOError
 
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported before main (tests, notebooks): the variable is read at import
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
     try:
         app()
     except DGPOError as err:

@@ -15,8 +15,12 @@ from typing import Any, Iterable, Literal, Sequence
 
 from dgpo_agent.state import Doc
 
+# The version of everything below, recorded beside trained checkpoints: a model speaks the protocol it
+# was trained on, so a checkpoint from another version is refused rather than prompted wrongly.
+PROTOCOL_VERSION = "search-r1/1"
 TAGS = ("think", "search", "information", "answer")
 STOP_STRINGS = ("</search>", "</answer>")
+END_OF_TURN = "<|im_end|>"  # how a ChatML template (Qwen2.5, the world tokenizer) closes a turn
 
 INSTRUCTIONS = (
     "Answer the given question. "
@@ -46,8 +50,18 @@ def question_text(question: str) -> str:
 
 
 def instructions(question: str) -> str:
-    """The user message: the protocol instructions followed by the question."""
-    return INSTRUCTIONS.format(question=question_text(question))
+    """The user message: the protocol instructions followed by the question, escaped like a passage, so
+    a question can neither close a block, answer for the model nor smuggle in a chat special token."""
+    return INSTRUCTIONS.format(question=escape(question_text(question)))
+
+
+_QUESTION_RE = re.compile(r"Question:\s*(.+?)\s*$", re.DOTALL)
+
+
+def read_question(text: str) -> str | None:
+    """The question at the end of an instructions message (``instructions``' inverse), or None."""
+    match = _QUESTION_RE.search(text)
+    return match.group(1) if match else None
 
 
 def render_prompt(question: str, tokenizer: Any | None = None) -> str:
@@ -96,13 +110,29 @@ def split_contents(contents: str) -> tuple[str, str]:
 
 
 def format_docs(docs: Sequence[Doc]) -> str:
-    """Render retrieved documents as Search-R1 does: ``Doc i(Title: …) text`` per line, escaped."""
-    return "".join(f"Doc {i}(Title: {escape(d['title'])}) {escape(d['text'])}\n" for i, d in enumerate(docs, 1))
+    """Render retrieved documents as Search-R1 does: ``Doc i(Title: …) text`` per line, escaped, and
+    each on one line (line breaks inside a passage become spaces), so no passage can start a document
+    of its own."""
+
+    def line(text: str) -> str:
+        return escape(" ".join(text.splitlines()))
+
+    return "".join(f"Doc {i}(Title: {line(d['title'])}) {line(d['text'])}\n" for i, d in enumerate(docs, 1))
 
 
 def information(docs: Sequence[Doc]) -> str:
     """The observation appended after a search."""
     return f"\n\n<information>{format_docs(docs)}</information>\n\n"
+
+
+_INFORMATION_RE = re.compile(r"<information>(.*?)</information>", re.DOTALL)
+_DOC_RE = re.compile(r"^Doc \d+\(Title: ([^)\n]*)\) (.*)$", re.MULTILINE)
+
+
+def read_documents(text: str) -> list[tuple[str, str]]:
+    """(title, text) of every document in every ``<information>`` block of ``text``, as ``information``
+    rendered them (escaped): what a reader of the transcript, such as the scripted oracle, sees."""
+    return [doc for block in _INFORMATION_RE.findall(text) for doc in _DOC_RE.findall(block)]
 
 
 # ----------------------------------------------------------------------------------------- parsing

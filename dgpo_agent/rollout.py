@@ -19,6 +19,7 @@ from dgpo_agent.protocol import CORRECTIVE_OBSERVATION, information, parse_actio
 from dgpo_agent.state import AgentState, Doc, Segment, Step, merge
 
 Route = Literal["search", "answer", "invalid"]
+OVERFLOW = "context_overflow"  # the reason an invalid step gives when the context outgrew the model's window
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,9 @@ def after_generation(state: AgentState, completion: Completion, config: AgentCon
     }
     thinks: list[Step] = [{"kind": "think", "turn": turn, "text": t} for t in action.thinks]
     pending = {"kind": action.kind, "content": action.content, "reason": action.reason, "text": completion.text}
-    if action.kind == "search" and turn > config.max_turns:
+    if completion.overflow:
+        pending.update(kind="invalid", content="", reason=OVERFLOW)
+    elif action.kind == "search" and turn > config.max_turns:
         pending.update(kind="invalid", reason="turn_limit")
     return {"segments": [segment], "steps": thinks, "turn": turn, "pending": pending}
 
@@ -107,10 +110,11 @@ def after_search(state: AgentState, docs: Sequence[Doc], policy: Policy) -> dict
 
 
 def after_invalid(state: AgentState, policy: Policy, config: AgentConfig) -> dict:
-    """An invalid action gets the corrective observation, or ends the run once the turns are spent."""
+    """An invalid action gets the corrective observation, or ends the run once the turns are spent or
+    the context no longer fits the model's window."""
     pending = state["pending"]
     step: Step = {"kind": "invalid", "turn": state["turn"], "text": pending["text"], "reason": pending["reason"]}
-    if state["turn"] > config.max_turns:
+    if state["turn"] > config.max_turns or pending["reason"] == OVERFLOW:
         return {"steps": [step], "pending": None, "done": True}
     segment: Segment = {"role": "env", "text": CORRECTIVE_OBSERVATION, "ids": policy.encode(CORRECTIVE_OBSERVATION)}
     return {"segments": [segment], "steps": [step], "pending": None}

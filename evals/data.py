@@ -11,14 +11,11 @@ missing question.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
 from dgpo_agent.errors import DGPOError
-
-_QUESTION_RE = re.compile(r"Question:\s*(.+?)\s*$", re.DOTALL)
-
+from dgpo_agent.protocol import read_question
 
 def load_dataset(path: str | Path, limit: int | None = None) -> list[dict]:
     """The question records of a ``.parquet`` or ``.jsonl`` file, in file order (the first ``limit``)."""
@@ -28,15 +25,20 @@ def load_dataset(path: str | Path, limit: int | None = None) -> list[dict]:
     if path.suffix == ".parquet":
         import pandas as pd
 
-        rows = pd.read_parquet(path).to_dict("records")
+        try:
+            rows = pd.read_parquet(path).to_dict("records")
+        except (OSError, ValueError) as err:
+            raise DGPOError(f"{path} is not a readable parquet file ({str(err).splitlines()[0]}): pass a Search-R1 .parquet file") from None
     elif path.suffix in (".jsonl", ".json"):
-        rows = []
+        rows, number = [], 0
         with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                try:
+            try:
+                for number, line in enumerate(lines, 1):
                     rows += [json.loads(line)] if line.strip() else []
-                except json.JSONDecodeError as err:
-                    raise DGPOError(f"{path} is not JSONL (line {number}): pass one JSON object per line") from err
+            except json.JSONDecodeError:
+                raise DGPOError(f"{path} is not JSONL (line {number}): pass one JSON object per line") from None
+            except UnicodeDecodeError as err:
+                raise DGPOError(f"{path}, after line {number}: not UTF-8 text ({err.reason}): convert the file to UTF-8") from None
     else:
         raise DGPOError(f"cannot read {path.name}: pass a Search-R1 .parquet or .jsonl file")
     rows = rows[:limit] if limit is not None else rows
@@ -82,7 +84,7 @@ def _question_from_prompt(prompt: Any) -> str | None:
     """The question at the end of a Search-R1 chat prompt (``… Question: <question>``)."""
     messages = [] if prompt is None else list(prompt)
     for message in reversed(messages):
-        match = _QUESTION_RE.search(str(message.get("content", "")))
-        if match:
-            return match.group(1)
+        question = read_question(str(message.get("content", "")))
+        if question:
+            return question
     return None

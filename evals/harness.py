@@ -20,7 +20,7 @@ from dgpo_agent.errors import DGPOError
 from dgpo_agent.evals.probes import run_probes
 from dgpo_agent.evals.scoring import aggregate, score
 from dgpo_agent.rollout import AgentConfig, run_batch
-from dgpo_agent.training.rollouts import CHUNK, append_rows, scored_row
+from dgpo_agent.trajectories import CHUNK, append_rows, trajectory_row
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -63,10 +63,28 @@ def evaluate(
     def run(chunk: list[dict]) -> list[dict]:
         states = run_batch([r["question"] for r in chunk], policy, retriever, config.agent)
         probes = run_probes(chunk, policy, retriever, config.agent.sampling)
-        rows = [{**scored_row(r, s), "probes": p} for r, s, p in zip(chunk, states, probes, strict=True)]
+        rows = [{**trajectory_row(r, s), "probes": p} for r, s, p in zip(chunk, states, probes, strict=True)]
         return [{**row, "scores": score(row, row)} for row in rows]
 
     return append_rows(list(records), path, label, run, chunk=config.batch_size)
+
+
+def rollout_records(
+    records: list[dict], policy, retriever, config: AgentConfig, path: Path, label: str, tokens: bool = False
+) -> list[dict]:
+    """Roll out ``records`` (question records with an ``id``) and append scored rows to ``path``, without
+    the evidence probes: the oracle's demonstrations and the teacher's outputs (TGO).
+
+    A re-run skips ids already written, so an interrupted run resumes. With ``tokens`` each row also
+    keeps the sampled token ids, the environment mask and the log-probs (for training).
+    """
+
+    def run(chunk: list[dict]) -> list[dict]:
+        states = run_batch([r["question"] for r in chunk], policy, retriever, config)
+        rows = [trajectory_row(record, state, tokens) for record, state in zip(chunk, states, strict=True)]
+        return [{**row, "scores": score(row, row)} for row in rows]
+
+    return append_rows(records, path, label, run)
 
 
 def metrics(rows: Sequence[dict]) -> dict[str, dict[str, float]]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from dgpo_agent.protocol import exact_match, f1_score, normalize_answer, substring_hit
+from dgpo_agent.rollout import OVERFLOW
 from dgpo_agent.state import Doc, Step
 
 ACTIONS = ("search", "answer", "invalid")  # one of these per generation: a step of each kind is a turn
@@ -139,6 +140,10 @@ def invalid(output: Mapping, record: Mapping) -> float | None:
     return len(_steps(output, "invalid")) / len(turns) if turns else None
 
 
+def overflow(output: Mapping, record: Mapping) -> float:
+    return float(any(s.get("reason") == OVERFLOW for s in _steps(output, "invalid")))
+
+
 def turns(output: Mapping, record: Mapping) -> float:
     return float(len(_turns(output)))
 
@@ -174,6 +179,7 @@ METRICS: dict[str, Metric] = {
         Metric("think_rate", "thinking", "share of the agent's turns that contain a <think>", think_rate),
         Metric("think_words", "thinking", "mean length of a <think>, in words", think_words),
         Metric("invalid", "behaviour", "invalid-action rate: share of turns without a valid action", invalid),
+        Metric("overflow", "behaviour", "the run ended because its context outgrew the model's window", overflow),
         Metric("turns", "behaviour", "generations per question", turns),
         Metric("answered_without_search", "behaviour", "answered without any executed search",
                answered_without_search),

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dgpo_agent.backends.base import Context, Policy, SamplingParams
 from dgpo_agent.errors import DGPOError
@@ -60,27 +60,46 @@ def _cut(text: str, stops: Sequence[str], keep_stop: bool) -> tuple[str, str | N
 
 
 class CompletionRequest(BaseModel):
-    """The request fields the server reads; other vLLM fields (skip_special_tokens, ...) are accepted."""
+    """The request fields the server reads, checked as OpenAI and vLLM check them (a finite temperature
+    of at least 0, 0 < top_p <= 1, a non-empty prompt, a 63-bit seed); other vLLM fields
+    (skip_special_tokens, ...) are accepted."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str | None = None
     prompt: str | list[str]
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = 1
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    n: int = Field(1, ge=1, le=1)
     include_stop_str_in_output: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _non_empty(cls, prompt: str | list[str]) -> str | list[str]:
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not prompts or not all(p for p in prompts):
+            raise ValueError("must be a non-empty string or a non-empty list of non-empty strings")
+        return prompt
 
 
 def build_app(policy: Policy, model_name: str) -> Any:
     """The FastAPI app serving one token policy (it needs ``encode`` for the usage counts)."""
     from fastapi import FastAPI, HTTPException
 
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
     app = FastAPI(title="dgpo-agent completions server")
     lock = threading.Lock()
+
+    @app.exception_handler(RequestValidationError)
+    def invalid(request: Any, exc: RequestValidationError) -> JSONResponse:
+        """400 with one line per invalid field, in vLLM's error shape."""
+        fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"object": "error", "message": fields, "type": "BadRequestError", "code": 400}, status_code=400)
 
     @app.get("/v1/models")
     def models() -> dict:
@@ -90,8 +109,6 @@ def build_app(policy: Policy, model_name: str) -> Any:
     def completions(request: CompletionRequest) -> dict:
         if request.model not in (None, model_name):
             raise HTTPException(404, f"The model `{request.model}` does not exist; this server serves `{model_name}`.")
-        if request.n != 1 or request.max_tokens < 1:
-            raise HTTPException(400, "only n=1 and max_tokens >= 1 are supported")
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
         params = SamplingParams(request.temperature, request.top_p, request.max_tokens, tuple(stops), request.seed)
@@ -101,6 +118,9 @@ def build_app(policy: Policy, model_name: str) -> Any:
                 outs = policy.generate(contexts, params)
         except DGPOError as err:
             raise HTTPException(400, str(err)) from err
+        too_long = [i for i, out in enumerate(outs) if out.overflow]
+        if too_long:
+            raise HTTPException(400, f"prompt {too_long[0]} with max_tokens={request.max_tokens} exceeds the model's context window")
         choices, used = [], 0
         for i, out in enumerate(outs):
             text, fired = _cut(out.text, stops, request.include_stop_str_in_output)
@@ -144,7 +164,15 @@ def serve(model: str, host: str, port: int, backend: str = "auto", extra: Sequen
 
 
 def _print_connect(model: str, host: str, port: int) -> None:
-    from dgpo_agent.serving.defaults import recorded_store
+    """How to build, against this server, the agent the checkpoint was trained as (its record's store,
+    collection, turns and documents per search)."""
+    from dgpo_agent.agent import AgentRecord
 
-    url, store = f"http://{host}:{port}", recorded_store(model) or "<Chroma directory or URL>"
-    print(f"connect with CompactSearchAgent({url!r}, store={store!r}) or `dgpo-agent chat --model {url} --store {store}`")
+    url, record = f"http://{host}:{port}", AgentRecord.read(model)
+    if record is None:
+        print(f"connect with CompactSearchAgent({url!r}, store=<Chroma directory or URL>) or `dgpo-agent chat --model {url} --store DIR`")
+        return
+    settings = ", ".join(f"{k}={v!r}" for k, v in record.agent_settings().items())
+    options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in record.agent_settings().items())
+    print(f"connect with CompactSearchAgent({url!r}, store={record.store!r}, {settings}) "
+          f"or `dgpo-agent chat --model {url} --store {record.store} {options}`")

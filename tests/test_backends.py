@@ -303,10 +303,16 @@ def test_seeded_sampling_is_repeatable_and_leaves_global_rng_alone(policy):
     assert first[0].logprobs == pytest.approx(expected, abs=1e-4)
 
 
-def test_context_longer_than_the_window_is_refused(policy):
+def test_a_context_longer_than_the_window_overflows_alone(policy):
+    """A context the window cannot hold with ``max_new_tokens`` more is never truncated: it gets an
+    empty overflow completion, and the rest of the batch is generated as usual."""
     long = Context("q", [{"role": "prompt", "text": "", "ids": [7] * 2000}])
-    with pytest.raises(DGPOError, match="context 1 has 2000 tokens.*2048-token window.*fewer turns"):
-        policy.generate([Context("q", [policy.prompt("q")]), long], SamplingParams(max_new_tokens=100))
+    short = Context("q", [policy.prompt("q")])
+    params = SamplingParams(max_new_tokens=100, seed=0)
+    out = policy.generate([short, long], params)
+    assert [c.overflow for c in out] == [False, True]
+    assert out[1].token_ids == [] and out[1].text == ""
+    assert out[0].token_ids == policy.generate([short], params)[0].token_ids
 
 
 @pytest.mark.parametrize(

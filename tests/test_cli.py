@@ -32,7 +32,7 @@ def test_help_imports_no_heavy_library():
     "args, message",
     [
         (["ask", "  ", "--policy", "oracle", "--store", "nowhere"], "empty question"),
-        (["ask", "Who?", "--model", "/no/such/model", "--store", "nowhere"], "not found"),
+        (["ask", "Who?", "--model", "/no/such/model", "--store", "nowhere"], "no store at nowhere"),
         (["ask", "Who?", "--store", "nowhere"], "exactly one of --model"),
         (["index", "/no/such/corpus.jsonl", "--store", "/tmp/dgpo-cli-test-store"], "not found"),
         (["train", "--preset", "nope"], "unknown preset"),
@@ -44,6 +44,12 @@ def test_bad_input_gets_one_line_and_status_2(args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_missing_model_gets_one_line(small_world, small_store):
+    result = run_cli("ask", "Who?", "--model", "/no/such/model", "--store", str(small_world / "chroma"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and "not found" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_world_index_ask_with_the_oracle(tmp_path, small_world):

@@ -46,7 +46,7 @@ def test_every_metric_on_a_four_turn_trajectory():
         "duplicate_query": 0.5,  # the second search repeats the first
         "think_rate": 0.5,  # turns 1 and 4 of 4
         "think_words": 5.0,  # 4 and 6 words
-        "invalid": 0.25,
+        "invalid": 0.25, "overflow": 0.0,
         "turns": 4.0,
         "answered_without_search": 0.0,
         "grounded": 1.0,
@@ -58,7 +58,7 @@ def test_a_guess_without_search():
     scores = score(guess, {"golden_answers": ["Vellor"]})
     assert scores == {
         "em": 0.0, "f1": 0.0, "answered": 1.0, "hit": 0.0, "searches": 0.0, "think_rate": 0.0,
-        "invalid": 0.0, "turns": 1.0, "answered_without_search": 1.0, "grounded": 0.0,
+        "invalid": 0.0, "overflow": 0.0, "turns": 1.0, "answered_without_search": 1.0, "grounded": 0.0,
     }
     # Undefined, so left out rather than scored 0: recall without evidence, rates without searches or thoughts.
     assert not {"evidence_recall", "empty_query", "duplicate_query", "think_words"} & scores.keys()

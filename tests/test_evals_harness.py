@@ -80,7 +80,7 @@ def test_harness_runs_agent_and_probes_in_batches_with_exact_metrics(tmp_path):
     assert result["nq"] == {
         "n": 2, "em": 1.0, "f1": 1.0, "answered": 1.0, "hit": 1.0, "evidence_recall": 1.0, "searches": 1.0,
         "empty_query": 0.0, "duplicate_query": 0.0, "em_no_think": 0.0, "em_think": 1.0, "think_gain": 1.0,
-        "probe_prefilled": 1.0, "think_rate": 1.0, "think_words": 2.5, "invalid": 0.0, "turns": 2.0,
+        "probe_prefilled": 1.0, "think_rate": 1.0, "think_words": 2.5, "invalid": 0.0, "overflow": 0.0, "turns": 2.0,
         "answered_without_search": 0.0, "grounded": 1.0,
     }
     assert result["musique"]["em"] == 0.0 and "em_no_think" not in result["musique"]
@@ -229,7 +229,7 @@ def test_compare_the_oracle_and_a_tiny_checkpoint_on_searchr1_data(tmp_path, sma
         (["--model", "oracle", "--data", str(FIXTURES / "searchr1_mini.jsonl"), "--store", "/no/store"],
          "no store at /no/store"),
         (["--model", "oracle", "--data", str(FIXTURES / "searchr1_mini.jsonl"), "--batch-size", "0"],
-         "batch_size must be at least 1"),
+         "--batch-size must be at least 1 (got 0)"),
     ],
 )
 def test_bad_eval_input_gets_one_line(args, message):

@@ -9,6 +9,7 @@ from dgpo_agent.errors import DGPOError
 from dgpo_agent.store import ChromaStore
 from dgpo_agent.training.config import StoreSettings, load_config
 from dgpo_agent.training.pipeline import run_pipeline
+from dgpo_agent.training.run import Run, RunDir
 
 
 # The from-scratch path at toy scale: the small world, a small tokenizer, a few steps per model.
@@ -74,32 +75,48 @@ def test_adding_a_method_trains_only_that_one_and_a_changed_setting_starts_over(
 
     trained = []
 
-    def train_each(cfg, run):  # like rl_stage: a finished method's folder is reused as it is
+    def train_each(run):  # like rl_stage: a finished method's folder is reused as it is
         summary = {}
-        for method in [cfg.rl.method, *cfg.rl.baselines]:
-            done = run / "rl" / method / "final"
+        for method in run.cfg.rl.methods():
+            done = run.dir.policy(method)
             if not done.is_file():
                 trained.append(method)
                 done.parent.mkdir(parents=True)
-                done.write_text(str(cfg.rl.lr))
+                done.write_text(str(run.cfg.rl.learning_rate))
             summary[method] = float(done.read_text())
         return summary
 
     stage = dataclasses.replace(next(s for s in STAGES if s.name == "rl"), run=train_each)
-    cfg, run = load_config("smoke", out=tmp_path), tmp_path
+    cfg = load_config("smoke", out=tmp_path)
+    run = Run(cfg)
     cfg.rl.baselines = []
-    lr = cfg.rl.lr
-    assert _run_stage(stage, cfg, run) == {"dgpo": lr}
+    lr = cfg.rl.learning_rate
+    assert _run_stage(stage, run) == {"dgpo": lr}
     cfg.rl.baselines = ["ppo", "grpo"]
-    assert _run_stage(stage, cfg, run) == {"dgpo": lr, "ppo": lr, "grpo": lr}
+    assert _run_stage(stage, run) == {"dgpo": lr, "ppo": lr, "grpo": lr}
     assert trained == ["dgpo", "ppo", "grpo"]
     cfg.rl.method, cfg.rl.baselines = "grpo", ["dgpo"]  # the same methods in other roles: nothing to train
-    assert _run_stage(stage, cfg, run) == {"grpo": lr, "dgpo": lr}
+    assert _run_stage(stage, run) == {"grpo": lr, "dgpo": lr}
     assert trained == ["dgpo", "ppo", "grpo"]
-    cfg.rl.lr = lr / 2  # a setting every method trains with: all start over
-    assert _run_stage(stage, cfg, run) == {"grpo": lr / 2, "dgpo": lr / 2}
+    cfg.rl.learning_rate = lr / 2  # a setting every method trains with: all start over
+    assert _run_stage(stage, run) == {"grpo": lr / 2, "dgpo": lr / 2}
     assert trained == ["dgpo", "ppo", "grpo", "grpo", "dgpo"]
-    assert not (run / "rl/ppo").exists()
+    assert not run.dir.rl("ppo").exists()
+
+
+@pytest.mark.parametrize("setting", ["cold_start.warmup_steps", "cold_start.save_steps", "teacher.logging_steps", "rl.save_every", "tgo.top_p"])
+def test_every_setting_that_changes_a_stages_output_is_in_its_fingerprint(setting):
+    """Warm-up, checkpoint and log intervals used to be hard-coded beside the settings, so changing
+    them could not re-run the stage that used them."""
+    from dgpo_agent.training.pipeline import STAGES
+
+    cfg = load_config("tiny")
+    section, name = setting.split(".")
+    owner = next(s for s in STAGES if s.sections[-1] == section or (section == "cold_start" and s.name == "cold-start"))
+    before = cfg.fingerprint(*owner.sections)
+    value = getattr(getattr(cfg, section), name)
+    setattr(getattr(cfg, section), name, value / 2 if isinstance(value, float) else value + 1)
+    assert cfg.fingerprint(*owner.sections) != before
 
 
 def test_model_stages_distil_a_teacher_that_answers_then_run_rl_and_report(small_world, small_store, tmp_path):
@@ -111,7 +128,7 @@ def test_model_stages_distil_a_teacher_that_answers_then_run_rl_and_report(small
     from dgpo_agent.training.data import load_examples
     from dgpo_agent.training.distill import train_sft
     from dgpo_agent.training.report import write_report
-    from dgpo_agent.training.rollouts import rollout_records
+    from dgpo_agent.evals.harness import rollout_records
     from dgpo_agent.training.tokenizer import train_tokenizer, world_texts
     from dgpo_agent.training.zoo import ModelSpec, build_model
     from dgpo_agent.world import OraclePolicy, load_questions
@@ -138,12 +155,13 @@ def test_model_stages_distil_a_teacher_that_answers_then_run_rl_and_report(small
     cfg.tgo.questions, cfg.tgo.samples_per_question, cfg.tgo.temperature = 6, 2, 0.3
     cfg.cold_start.steps, cfg.cold_start.eval_every, cfg.cold_start.eval_questions = 6, 3, 4
     cfg.eval.questions = 8
-    tgo = stages.tgo_stage(cfg, run)
+    prepared = Run(cfg)
+    tgo = stages.tgo_stage(prepared)
     assert tgo["all"]["samples"] == 12 and tgo["all"]["correct"] >= 3
     rows = [json.loads(line) for line in (run / "tgo/train.jsonl").open()]
     assert all(len(r["env_mask"]) == len(r["response_ids"]) and 1 in r["env_mask"] for r in rows)
 
-    cold = stages.cold_start_stage(cfg, run)
+    cold = stages.cold_start_stage(prepared)
     assert list(cold) == ["kd", "seqkd"]
     for method, result in cold.items():
         assert [point["step"] for point in result["curve"]] == [0, 3, 6]
@@ -155,9 +173,9 @@ def test_model_stages_distil_a_teacher_that_answers_then_run_rl_and_report(small
     newest = max(run.glob("cold_start/*/dgpo_agent.json"), key=lambda p: p.stat().st_mtime_ns)
     assert newest.parent.name == "kd"
 
-    cfg.rl.steps, cfg.rl.rollouts, cfg.rl.group_size, cfg.rl.eval_every, cfg.rl.eval_questions = 2, 4, 2, 1, 4
-    cfg.rl.max_new_tokens, cfg.rl.lr, cfg.rl.baselines = 48, 1e-3, ["grpo", "ppo-from-base"]
-    rl = stages.rl_stage(cfg, run)
+    cfg.rl.max_steps, cfg.rl.rollout_batch_size, cfg.rl.group_size, cfg.rl.eval_every, cfg.rl.eval_questions = 2, 2, 2, 1, 4
+    cfg.rl.max_new_tokens, cfg.rl.learning_rate, cfg.rl.baselines = 48, 1e-3, ["grpo", "ppo-from-base"]
+    rl = stages.rl_stage(prepared)
     assert list(rl) == ["dgpo", "grpo", "ppo-from-base"]
     for method, result in rl.items():
         log = [json.loads(line) for line in (run / "rl" / method / "metrics.jsonl").open()]
@@ -170,13 +188,13 @@ def test_model_stages_distil_a_teacher_that_answers_then_run_rl_and_report(small
     newest = max(run.glob("rl/*/final/dgpo_agent.json"), key=lambda p: p.stat().st_mtime_ns)
     assert newest.parent.parent.name == "dgpo"
 
-    results = stages.results_stage(cfg, run)
+    results = stages.results_stage(prepared)
     assert list(results) == ["cold-start-kd", "cold-start-seqkd", "dgpo", "grpo", "ppo-from-base"]  # the teacher was made by hand, untested
     assert results["dgpo"]["all"] == rl["dgpo"]["test"]["all"]["em"]
     arc = (run / "arc/report.md").read_text()
     assert "| dgpo |" in arc and "| cold-start-kd |" in arc and (run / "arc/arc.png").is_file()
 
-    write_report(run, {"tgo": tgo, "cold-start": cold, "rl": rl, "results": results})
+    write_report(prepared.dir, {"tgo": tgo, "cold-start": cold, "rl": rl, "results": results})
     report = (run / "report.md").read_text()
     assert "| cold start (kd) |" in report and "| cold start (seqkd) |" in report and "yield" in report
     assert "| dgpo |" in report and "| ppo-from-base |" in report and "arc/report.md" in report
@@ -185,8 +203,9 @@ def test_model_stages_distil_a_teacher_that_answers_then_run_rl_and_report(small
 def test_smoke_preset_runs_the_default_path_end_to_end(tmp_path):
     """What `dgpo-agent train` does, at a few questions and steps: the default world, the shipped
     starting point installed and scored, TGO, the cold start (KD, and SeqKD beside it), RL (DGPO, and
-    GRPO beside it) and the ARC results."""
-    cfg = load_config("smoke", out=tmp_path / "run")
+    GRPO beside it) and the ARC results. The store's collection is not the default one, and the final
+    policy is served back against it."""
+    cfg = load_config("smoke", out=tmp_path / "run", overrides={"store": {"collection": "other"}})
     summaries = run_pipeline(cfg)
     assert list(summaries) == ["world", "index", "oracle", "tokenizer", "base", "teacher", "tgo", "cold-start", "rl", "results"]
     assert list(summaries["oracle"]) == ["dev", "test"]  # a shipped teacher needs no demonstrations
@@ -204,6 +223,38 @@ def test_smoke_preset_runs_the_default_path_end_to_end(tmp_path):
     report = (tmp_path / "run/report.md").read_text()
     assert "| teacher |" in report and "| cold start (kd) |" in report and "![training curves](curves.png)" in report
     assert "| dgpo |" in report and (tmp_path / "run/arc/report.md").is_file()
+    assert_files_are_where_run_dir_says(RunDir(tmp_path / "run"), cfg)
+    assert_served_against_its_own_collection(RunDir(tmp_path / "run"), "other")
+
+
+def assert_files_are_where_run_dir_says(run: RunDir, cfg) -> None:
+    """Every file a default run writes lies where ``RunDir`` names it, and every stage's folder exists:
+    the layout is spelled in one place."""
+    named = [run.config, run.report, run.curves, run.world.corpus, run.world.kb, run.world.summary, *map(run.world.questions, ("train", "dev", "test"))]
+    folders = [run.world.store, run.oracle, run.tokenizer, run.base("student"), run.teacher, run.tgo.parent, run.arc, run.stages]
+    folders += [run.cold_start(m) for m in (cfg.cold_start.method, *cfg.cold_start.baselines)]
+    folders += [run.rl(m) for m in cfg.rl.methods()]
+    for path in named + folders:
+        assert path.exists(), path
+    for path in run.root.rglob("*"):
+        if path.is_file():
+            assert path in named or any(folder in path.parents for folder in folders), f"{path} is not where RunDir says"
+
+
+def assert_served_against_its_own_collection(run: RunDir, collection: str) -> None:
+    """The final checkpoint's record names the run's collection, and both `CompactSearchAgent.from_pretrained`
+    and `dgpo-agent chat`'s resolution search it."""
+    from dgpo_agent.agent import AgentRecord, CompactSearchAgent
+    from dgpo_agent.cli import _agent
+    from dgpo_agent.serving.defaults import resolve
+
+    final = run.policy("dgpo")
+    record = AgentRecord.read(final)
+    assert record.collection == collection and record.store == str(run.world.store.resolve())
+    question = "Who founded Kreaxse Labs?"
+    for agent in (CompactSearchAgent.from_pretrained(final, max_new_tokens=24), _agent(*resolve(str(final), None), max_new_tokens=24)):
+        assert agent.retriever.name == collection
+        assert agent.retriever.count() > 0 and agent.invoke(question)["steps"]
 
 
 def test_a_new_optional_setting_keeps_existing_fingerprints_and_a_set_one_changes_them():
@@ -249,8 +300,8 @@ def test_stop_after_and_config_errors(tmp_path):
     assert (cfg.agent.top_k, cfg.agent.max_turns, cfg.world.seed, cfg.world.size) == (5, 4, 3, "default")
     # YAML 1.1 reads 3e-4 as a string; numeric settings still get numbers, and non-numbers are named.
     exponent = tmp_path / "exponent.yaml"
-    exponent.write_text("rl:\n  lr: 3e-4\n  beta: 1e-3\n")
-    cfg = load_config("smoke", exponent, overrides={"rl": {"steps": "5"}})
-    assert (cfg.rl.lr, cfg.rl.beta, cfg.rl.steps) == (3e-4, 1e-3, 5)
-    with pytest.raises(DGPOError, match="^rl.lr must be a number, not 'fast'"):
-        load_config("smoke", overrides={"rl": {"lr": "fast"}})
+    exponent.write_text("rl:\n  learning_rate: 3e-4\n  beta: 1e-3\n")
+    cfg = load_config("smoke", exponent, overrides={"rl": {"max_steps": "5"}})
+    assert (cfg.rl.learning_rate, cfg.rl.beta, cfg.rl.max_steps) == (3e-4, 1e-3, 5)
+    with pytest.raises(DGPOError, match="^rl.learning_rate must be a number, not 'fast'"):
+        load_config("smoke", overrides={"rl": {"learning_rate": "fast"}})

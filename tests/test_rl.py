@@ -23,17 +23,10 @@ from dgpo_agent.backends.base import SamplingParams
 from dgpo_agent.errors import DGPOError
 from dgpo_agent.rollout import AgentConfig, TokenTrajectory, run_batch, token_trajectory
 from dgpo_agent.training import rl_objective as obj
-from dgpo_agent.training.rl import (
-    METRICS_FILE,
-    RLConfig,
-    RLTrainer,
-    _Scored,
-    check_cpu_launch,
-    checkpoints,
-    load_run,
-    pack,
-    run_file,
-)
+from dgpo_agent.training.callbacks import METRICS
+from dgpo_agent.training.config import load_run_file
+from dgpo_agent.training.rl import RLTrainer, _Scored, check_cpu_launch, checkpoints, pack, run_file
+from dgpo_agent.training.rl_config import RLConfig
 from tests.fakes import KeywordRetriever
 from tests.models import tiny_qwen2, tiny_tokenizer
 
@@ -43,9 +36,9 @@ RECORDS = [
     {"id": "b", "question": "Where was Zentrath Doglassoun born", "golden_answers": ["Vellor"]},
     {"id": "c", "question": "What is Kreaxse Labs", "golden_answers": ["a lab"]},
 ]
-AGENT = AgentConfig(max_turns=2, top_k=2, sampling=SamplingParams(max_new_tokens=12))
+AGENT = AgentConfig(max_turns=2, top_k=2)
 LOGGED = (
-    "reward", "valid_action_rate", "search_count", "empty_query_rate", "kl_wrong", "penalised_frac",
+    "reward", "invalid_rate", "search_count", "empty_query_rate", "answered", "kl_wrong", "penalised_frac", "approx_kl",
     "entropy", "response_length", "step_s", "teacher_s", "rollout_s",
 )
 
@@ -57,6 +50,7 @@ def rl_config(out: Path, **kwargs) -> RLConfig:
     defaults = {
         "output_dir": str(out), "rollout_batch_size": 2, "micro_batch_size": 2, "num_minibatches": 1, "max_steps": 2,
         "save_every": 1, "learning_rate": 1e-3, "critic_learning_rate": 1e-3, "warmup_ratio": 0.0, "critic_warmup_ratio": 0.0,
+        "max_new_tokens": 12, "guidance": "reward", "beta": 0.001, "kl_estimator": "k1",  # the reference code's teacher term
     }
     return RLConfig(**{**defaults, **kwargs})
 
@@ -68,7 +62,7 @@ def trainer(tok, config: RLConfig, teacher: bool = True) -> RLTrainer:
 
 
 def rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+    return [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
 
 
 def test_pack_keeps_retrieved_tokens_in_the_input_but_out_of_the_mask():
@@ -87,14 +81,22 @@ def test_a_cpu_launch_that_would_run_one_process_is_refused():
     check_cpu_launch({"ACCELERATE_USE_CPU": "1", "MASTER_ADDR": "127.0.0.1", "WORLD_SIZE": "2"})
 
 
-def test_run_file_numbers_written_with_an_exponent_are_numbers(tmp_path):
-    """YAML 1.1 reads 3e-4 as a string; the run file's RL settings still reach RLConfig as numbers."""
+def test_the_run_file_is_read_by_the_pipelines_loader(tmp_path):
+    """One loader for every settings file: YAML 1.1's 3e-4 (a string) still reaches RLConfig as a number,
+    and a misspelt or missing key is named the way a pipeline config names it."""
     path = tmp_path / "run.yaml"
     path.write_text("model: m\ntrain_file: t\nstore: s\nrl:\n  learning_rate: 3e-4\n  beta: 1e-3\n")
-    assert RLConfig(**load_run(path)["rl"]).learning_rate == 3e-4
+    run = load_run_file(path)
+    assert isinstance(run.rl, RLConfig) and run.rl.learning_rate == 3e-4 and run.collection == "dgpo"
     path.write_text("model: m\ntrain_file: t\nstore: s\nrl:\n  beta: lots\n")
     with pytest.raises(DGPOError, match="rl.beta must be a number"):
-        load_run(path)
+        load_run_file(path)
+    path.write_text("model: m\ntrain_file: t\nstore: s\nrl:\n  lr: 1e-3\n")
+    with pytest.raises(DGPOError, match=r"unknown setting\(s\) rl.lr: the valid ones in rl are"):
+        load_run_file(path)
+    path.write_text("model: m\nstore: s\n")
+    with pytest.raises(DGPOError, match="missing setting.s. train_file"):
+        load_run_file(path)
 
 
 def test_config_rejects_bad_settings():
@@ -355,13 +357,13 @@ def write_run(tmp_path: Path, world: Path, **rl) -> Path:
     for name, model in (("student", tiny_qwen2(tok)), ("teacher", tiny_qwen2(tok, seed=1, hidden=96))):
         model.save_pretrained(tmp_path / name)
         tok.save_pretrained(tmp_path / name)
-    settings = dict(rl_config(tmp_path / "run", rollout_batch_size=3, micro_batch_size=3).__dict__, **rl)
+    settings = dict(rl_config(tmp_path / "run", rollout_batch_size=3, micro_batch_size=3, max_new_tokens=24).__dict__, **rl)
     run = {
         "model": str(tmp_path / "student"),
         "teacher": str(tmp_path / "teacher"),
         "train_file": str(world / "train.jsonl"),
         "store": str(world / "chroma"),
-        "agent": {"max_turns": 2, "top_k": 2, "max_new_tokens": 24},
+        "agent": {"max_turns": 2, "top_k": 2},
         "rl": settings,
     }
     path = tmp_path / "run.yaml"
@@ -403,6 +405,16 @@ def test_kill_9_during_rl_resumes_from_the_last_checkpoint(tmp_path, small_world
     assert all(torch.equal(resumed[k], reference[k]) for k in resumed)
 
 
+def test_the_run_file_trains_on_search_r1_parquet(tmp_path, small_world, small_store):
+    """Search-R1's own training data is parquet: the standalone runner reads it as the evaluation does."""
+    run = write_run(tmp_path, small_world, max_steps=1, save_every=1)
+    settings = yaml.safe_load(run.read_text())
+    settings["train_file"] = str(ROOT / "tests/fixtures/searchr1_mini.parquet")
+    run.write_text(yaml.safe_dump(settings))
+    assert run_file(run)["step"] == 1
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
 def test_accelerate_launch_two_cpu_processes(tmp_path, small_world, small_store):
     run = write_run(tmp_path, small_world, max_steps=2, save_every=1)
     # accelerate's --cpu flag starts several processes only through mpirun (see check_cpu_launch), so
@@ -417,3 +429,22 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, small_world, small_store)
     assert [r["data_position"] for r in logged] == [6, 12]
     state = checkpoints(tmp_path / "run")[-1]
     assert sorted(p.name for p in state.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
+
+
+def test_a_bf16_model_learns_at_the_papers_learning_rate(tok, tmp_path):
+    """transformers loads a bf16 checkpoint in bf16, and at lr 1e-6 AdamW's steps are far below bf16's
+    precision, so bf16 weights would barely change: the trainer and the pipeline's loader keep float32
+    master weights whatever dtype the checkpoint has."""
+    from dgpo_agent.training.stages import load_model
+
+    copy.deepcopy(tiny_qwen2(tok)).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    assert {p.dtype for p in load_model(tmp_path / "bf16").parameters()} == {torch.float32}
+
+    student = copy.deepcopy(tiny_qwen2(tok)).to(torch.bfloat16)
+    layers = {n: p.detach().float().clone() for n, p in student.named_parameters() if ".layers." in n}
+    config = rl_config(tmp_path / "run", max_steps=3, learning_rate=1e-6, critic_learning_rate=1e-6, weight_decay=0.0)
+    rl = RLTrainer(student, tok, RECORDS, KeywordRetriever(), AGENT, config, teacher=tiny_qwen2(tok, seed=1, hidden=96))
+    rl.train()
+    after = dict(rl.accelerator.unwrap_model(rl.model).named_parameters())
+    changed = sum((after[n].detach() != before).sum().item() for n, before in layers.items())
+    assert changed / sum(p.numel() for p in layers.values()) > 0.9

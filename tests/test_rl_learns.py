@@ -10,10 +10,11 @@ import statistics
 import pytest
 import torch
 
-from dgpo_agent.backends.base import SamplingParams
 from dgpo_agent.backends.transformers import TransformersPolicy
 from dgpo_agent.rollout import AgentConfig
-from dgpo_agent.training.rl import METRICS_FILE, RLConfig, RLTrainer
+from dgpo_agent.training.callbacks import METRICS
+from dgpo_agent.training.rl import RLTrainer
+from dgpo_agent.training.rl_config import RLConfig
 from tests.fakes import KeywordRetriever
 from tests.models import tiny_tokenizer
 
@@ -24,7 +25,7 @@ QUESTIONS = [
         [("Which color is a ruby?", "red"), ("What is the sky like?", "blue"), ("Grass?", "green"), ("Tell me the shade of the sun.", "gold")]
     )
 ]
-AGENT = AgentConfig(max_turns=1, top_k=1, sampling=SamplingParams(max_new_tokens=8))
+AGENT = AgentConfig(max_turns=1, top_k=1)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,8 +78,8 @@ def test_rl_on_a_repeated_question_set_raises_its_training_reward(models, tmp_pa
         output_dir=str(tmp_path), algorithm=algorithm, kl_on="all" if algorithm == "gkd" else "none", guidance="advantage", beta=1.0,
         rollout_batch_size=len(QUESTIONS), group_size=8, max_steps=16, learning_rate=3e-4, critic_learning_rate=1e-3,
         warmup_ratio=0.0, critic_warmup_ratio=0.0, ppo_epochs=2, num_minibatches=2, micro_batch_size=16, save_every=100,
-        temperature=1.0,
+        temperature=1.0, max_new_tokens=8, kl_estimator="k1",
     )
     RLTrainer(copy.deepcopy(student), tok, QUESTIONS, KeywordRetriever(), AGENT, config, teacher=teacher if algorithm == "gkd" else None).train()
-    rewards = [json.loads(line)["reward"] for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    rewards = [json.loads(line)["reward"] for line in (tmp_path / METRICS).read_text().splitlines()]
     assert statistics.fmean(rewards[-4:]) - rewards[0] >= 0.2, rewards  # step 1 rolls out the untrained policy

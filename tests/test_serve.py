@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dgpo_agent.agent import AGENT_FILE, CompactSearchAgent, save_checkpoint
+from dgpo_agent.protocol import PROTOCOL_VERSION
 from dgpo_agent.backends.base import Context, SamplingParams
 from dgpo_agent.backends.transformers import TransformersPolicy
 from dgpo_agent.errors import DGPOError
@@ -47,7 +48,9 @@ def test_checkpoint_round_trip_gives_the_same_greedy_answers(checkpoint, small_w
     trained = CompactSearchAgent(TransformersPolicy(tiny_qwen2(tok), tok), store, max_new_tokens=24)
     loaded = CompactSearchAgent.from_pretrained(checkpoint, max_new_tokens=24)
 
-    assert json.loads((checkpoint / AGENT_FILE).read_text()) == {"store": str(store.resolve())}
+    assert json.loads((checkpoint / AGENT_FILE).read_text()) == {
+        "store": str(store.resolve()), "collection": "dgpo", "embedder": None, "max_turns": 4, "top_k": 3, "protocol": PROTOCOL_VERSION,
+    }
     assert isinstance(loaded.policy, TransformersPolicy)
     before, after = [trained.invoke(q) for q in questions], [loaded.invoke(q) for q in questions]
     assert after == before
@@ -109,11 +112,41 @@ def test_completions_match_local_generation_and_follow_openai_stop_rules(server,
     assert status == 200 and reply["choices"][0] == {"index": 0, "text": first, "logprobs": None, "stop_reason": first, "finish_reason": "stop"}
 
 
-def test_bad_requests_are_refused(server):
-    url, _ = server
-    assert post(url, {"model": "other", "prompt": "x"})[0] == 404
-    assert post(url, {"prompt": "x", "n": 2})[0] == 400
-    assert post(url, {"prompt": [1, 2, 3]})[0] == 422
+def post_raw(url: str, body: str) -> tuple[int, dict]:
+    """A request body as written, so NaN and Infinity (which Python's json accepts) reach the server."""
+    request = urllib.request.Request(url + "/v1/completions", body.encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.mark.parametrize(
+    "field, body",
+    [
+        ("n", '{"prompt": "x", "n": 2}'),
+        ("prompt", '{"prompt": [1, 2, 3]}'),
+        ("prompt", '{"prompt": ""}'),
+        ("prompt", '{"prompt": []}'),
+        ("temperature", '{"prompt": "x", "temperature": -1}'),
+        ("temperature", '{"prompt": "x", "temperature": NaN}'),
+        ("temperature", '{"prompt": "x", "temperature": Infinity}'),
+        ("top_p", '{"prompt": "x", "top_p": -1}'),
+        ("top_p", '{"prompt": "x", "top_p": 5}'),
+        ("seed", '{"prompt": "x", "seed": 1180591620717411303424}'),
+        ("max_tokens", '{"prompt": "x", "max_tokens": 0}'),
+    ],
+)
+def test_every_invalid_field_is_a_400_that_names_it(server, field, body):
+    """As OpenAI and vLLM validate: never a bare 500, and never a silent 200 for a value the server would
+    reinterpret (a negative temperature used to decode greedily)."""
+    status, reply = post_raw(server[0], body)
+    assert status == 400 and reply["message"].startswith(field), reply
+
+
+def test_a_request_for_another_model_is_a_404(server):
+    assert post(server[0], {"model": "other", "prompt": "x"})[0] == 404
 
 
 def test_agent_connects_by_url(server, checkpoint, small_world, questions):
@@ -150,7 +183,9 @@ def test_dgpo_agent_serve_on_cpu(checkpoint, small_world, questions, tmp_path):
                 time.sleep(0.5)
         out = CompactSearchAgent(f"http://127.0.0.1:{port}", small_world / "chroma", max_new_tokens=16).invoke(questions[0])
         assert out["steps"] and out["question"] == questions[0]
-        assert f"connect with CompactSearchAgent('http://127.0.0.1:{port}', store='{(small_world / 'chroma').resolve()}')" in Path(log.name).read_text()
+        store = (small_world / "chroma").resolve()
+        connect = f"connect with CompactSearchAgent('http://127.0.0.1:{port}', store='{store}', collection='dgpo', max_turns=4, top_k=3)"
+        assert connect in Path(log.name).read_text()  # the agent the checkpoint was trained as
     finally:
         proc.terminate()
         proc.wait(timeout=30)

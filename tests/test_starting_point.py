@@ -11,6 +11,7 @@ import pytest
 from dgpo_agent.errors import DGPOError
 from dgpo_agent.training import starting_point
 from dgpo_agent.training.config import load_config
+from dgpo_agent.training.run import Run
 from tests.models import tiny_qwen2, tiny_tokenizer
 
 SCORES = {"all": {"n": 2, "em": 0.5}}
@@ -34,17 +35,16 @@ def prepared(small_world, tmp_path):
     return run
 
 
-def small_world_config(run):
+def small_world_run(run) -> Run:
     cfg = load_config("smoke", out=run)
     cfg.world.size = "small"
-    return cfg
+    return Run(cfg)
 
 
 def test_export_then_install_round_trips_every_part(prepared, tmp_path):
-    cfg = small_world_config(prepared)
     assets = tmp_path / "assets"
     summaries = {"base": {"student_test": SCORES}, "teacher": {"test": SCORES}}
-    record = starting_point.export(cfg, prepared, summaries, command="dgpo-agent prepare --out x", dest=assets)
+    record = starting_point.export(small_world_run(prepared), summaries, command="dgpo-agent prepare --out x", dest=assets)
     assert record["world"]["settings"] == {"seed": 0, "size": "small"}
     assert record["scores"]["teacher"] == SCORES and record["seconds"] == {"teacher": 12.5}
     assert len(record["first_turns"]) == starting_point.PROBE_QUESTIONS
@@ -52,27 +52,28 @@ def test_export_then_install_round_trips_every_part(prepared, tmp_path):
     assert {"teacher/model.safetensors", "base-student/config.json", "tokenizer/tokenizer.json"} <= set(record["files"])
     assert json.loads((assets / "record.json").read_text()) == record
 
-    run = tmp_path / "run"
-    shutil.copytree(prepared / "world", run / "world")
-    for part, sub in starting_point.PARTS.items():
-        starting_point.install(cfg, run, part, run / sub, assets=assets)
-        assert (run / sub / "config.json").is_file() or part == "tokenizer"
-    assert (run / "teacher" / "model.safetensors").read_bytes() == (prepared / "teacher" / "model.safetensors").read_bytes()
+    run = small_world_run(tmp_path / "run")
+    shutil.copytree(prepared / "world", run.dir.world.root)
+    for part in starting_point.PARTS:
+        starting_point.install(run, part, assets=assets)
+        assert (starting_point.part_dir(run.dir, part) / "config.json").is_file() or part == "tokenizer"
+    assert (run.dir.teacher / "model.safetensors").read_bytes() == (prepared / "teacher" / "model.safetensors").read_bytes()
 
 
 def test_recorded_test_metrics_are_reused_only_with_the_settings_they_were_scored_with(prepared, tmp_path):
-    cfg = small_world_config(prepared)
+    run = small_world_run(prepared)
     assets = tmp_path / "assets"
-    starting_point.export(cfg, prepared, {"base": {"student_test": SCORES}, "teacher": {"test": SCORES}}, "cmd", dest=assets)
+    starting_point.export(run, {"base": {"student_test": SCORES}, "teacher": {"test": SCORES}}, "cmd", dest=assets)
     assert "teacher/test.metrics.json" in json.loads((assets / "record.json").read_text())["files"]
-    starting_point.install(cfg, prepared, "teacher", tmp_path / "t", assets=assets)
-    assert starting_point.recorded_test(cfg, tmp_path / "t", assets=assets) == FULL_METRICS
+    starting_point.install(run, "teacher", assets=assets)
+    teacher = run.dir.teacher
+    assert starting_point.recorded_test(run.cfg, teacher, assets=assets) == FULL_METRICS
     for change in (lambda c: setattr(c.eval, "questions", 7), lambda c: setattr(c.agent, "top_k", 5)):
-        other = small_world_config(prepared)
+        other = small_world_run(prepared).cfg
         change(other)
-        assert starting_point.recorded_test(other, tmp_path / "t", assets=assets) is None
-    (tmp_path / "t" / "test.metrics.json").unlink()
-    assert starting_point.recorded_test(cfg, tmp_path / "t", assets=assets) is None
+        assert starting_point.recorded_test(other, teacher, assets=assets) is None
+    (teacher / "test.metrics.json").unlink()
+    assert starting_point.recorded_test(run.cfg, teacher, assets=assets) is None
 
 
 def test_a_default_run_reuses_the_shipped_models_test_metrics(tmp_path):
@@ -87,18 +88,18 @@ def test_a_default_run_reuses_the_shipped_models_test_metrics(tmp_path):
 
 
 def test_install_refuses_another_world_and_changed_files(prepared, tmp_path):
-    cfg = small_world_config(prepared)
+    run = small_world_run(prepared)
     assets = tmp_path / "assets"
-    starting_point.export(cfg, prepared, {"base": {"student_test": SCORES}, "teacher": {"test": SCORES}}, "cmd", dest=assets)
+    starting_point.export(run, {"base": {"student_test": SCORES}, "teacher": {"test": SCORES}}, "cmd", dest=assets)
 
-    other = small_world_config(prepared)
-    other.world.seed = 7
+    other = small_world_run(prepared)
+    other.cfg.world.seed = 7
     with pytest.raises(DGPOError, match="belongs to world .*set starting_point: scratch"):
-        starting_point.install(other, prepared, "teacher", tmp_path / "t", assets=assets)
+        starting_point.install(other, "teacher", assets=assets)
 
     (assets / "teacher" / "model.safetensors").write_bytes(b"tampered")
     with pytest.raises(DGPOError, match="model.safetensors is missing or changed"):
-        starting_point.install(cfg, prepared, "teacher", tmp_path / "t", assets=assets)
+        starting_point.install(run, "teacher", assets=assets)
     with pytest.raises(DGPOError, match="no shipped starting point .*dgpo-agent prepare"):
         starting_point.read_record(tmp_path / "nowhere")
 

@@ -124,7 +124,7 @@ def test_missing_corpus_fails_before_creating_a_store(tmp_path):
 
 def test_ingest_counts_and_reingest_adds_nothing(store, corpus):
     assert store.count() == len(PASSAGES)
-    assert store.ingest(read_corpus(corpus), progress=False) == 0
+    assert store.ingest(read_corpus(corpus), progress=False) == {"added": 0, "updated": 0, "removed": 0, "duplicates": 0}
     assert store.count() == len(PASSAGES)
 
 
@@ -234,8 +234,12 @@ def test_open_retriever_requires_an_existing_store(tmp_path, store):
         open_retriever(tmp_path / "missing")
     assert not (tmp_path / "missing").exists()
     (tmp_path / "other").mkdir()
-    with pytest.raises(DGPOError, match="no collection 'dgpo'.*dgpo-agent index"):
+    (tmp_path / "other" / "notes.txt").write_text("not a store")
+    with pytest.raises(DGPOError, match=r"no store at .*other.*dgpo-agent index"):
         open_retriever(str(tmp_path / "other"))
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["notes.txt"]  # reading never creates a store
+    with pytest.raises(DGPOError, match="no collection 'nope'.*dgpo-agent index"):
+        open_retriever(store.location, collection="nope")
     with pytest.raises(DGPOError, match="cannot search with a int"):
         open_retriever(42)
     assert open_retriever(store) is store
@@ -258,12 +262,14 @@ _INGEST_SCRIPT = """
 import sys
 from pathlib import Path
 from dgpo_agent.store import ChromaStore, read_corpus
+from dgpo_agent.store.chroma import content_hashes
 corpus, location, marker = sys.argv[1:]
 def marked(records):
     for n, record in enumerate(records):
         Path(marker).write_text(str(n)) if n % 100 == 0 else None
         yield record
-ChromaStore(location).ingest(marked(read_corpus(corpus)), batch_size=100, progress=False)
+hashes = content_hashes(read_corpus(corpus))
+ChromaStore(location).ingest(marked(read_corpus(corpus)), batch_size=100, progress=False, hashes=hashes)
 """
 
 
@@ -291,11 +297,11 @@ def test_ingestion_killed_midway_resumes_without_duplicates(tmp_path, embedder):
     store = ChromaStore(location, embedder=embedder)
     before = store.count()
     assert 900 <= before < n, "the kill must land after some batches and before the end"
-    assert store.ingest(read_corpus(corpus), batch_size=100, progress=False) == n - before
+    assert store.ingest(read_corpus(corpus), batch_size=100, progress=False)["added"] == n - before
     ids = store._collection.get(include=[])["ids"]
     assert store.count() == len(ids) == len(set(ids)) == n
     assert store.get(["p2999"])[0]["text"] == "Item number 2999 is in group 2."
-    assert store.ingest(read_corpus(corpus), batch_size=100, progress=False) == 0
+    assert store.ingest(read_corpus(corpus), batch_size=100, progress=False)["added"] == 0
 
 
 # ----------------------------------------------------------------------------------------- LangChain

@@ -1,8 +1,10 @@
-"""Pipeline settings: one dataclass, named presets, and YAML overrides.
+"""Pipeline settings: one dataclass per section, named presets, and the one YAML loader.
 
 The config is the public surface of ``dgpo-agent train``: a preset names a complete config, a YAML
-file overrides any of its fields, and each stage fingerprints only the fields it reads, so changing
-a late setting never re-runs an early stage.
+file overrides any of its fields, and each stage fingerprints only the sections it reads, so changing
+a late setting never re-runs an early stage. Sections that configure a trainer are that trainer's
+config (``rl`` an ``RLConfig``, ``tgo`` a ``TGOConfig``); presets override the trainers' defaults,
+which are the paper's recipe.
 """
 
 from __future__ import annotations
@@ -10,11 +12,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dgpo_agent.errors import DGPOError
+from dgpo_agent.training.rl_config import RLConfig, check_method
+from dgpo_agent.training.tgo import TGOConfig
 
 
 @dataclass
@@ -22,17 +29,32 @@ class WorldSettings:
     seed: int = 0
     size: str = "default"
 
+    def __post_init__(self) -> None:
+        from dgpo_agent.world.kb import PRESETS as SIZES
+
+        _one_of("world.size", self.size, SIZES)
+        _at_least("world.seed", self.seed, 0)
+
 
 @dataclass
 class StoreSettings:
+    """The Chroma store the corpus is indexed into. HNSW parameters left at None keep Chroma's defaults;
+    larger values find the exact neighbours more often at some query time (bench/README.md)."""
+
     collection: str = "dgpo"
     embedder: str | None = None  # None: the packaged all-MiniLM-L6-v2
     batch_size: int = 256
-    # HNSW index parameters (None: Chroma's 100 / 100 / 16, recall@3 0.995 against exact search on the
-    # tiny world; 200 / 200 / 32 reached 0.9995 at +75% query time). Large corpora need larger values.
     ef_construction: int | None = None
     max_neighbors: int | None = None
     ef_search: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (3 <= len(self.collection) <= 512 and all(c.isalnum() or c in "._-" for c in self.collection)):
+            raise DGPOError(f"store.collection must be 3-512 characters of letters, digits, . _ or - (got {self.collection!r})")
+        _at_least("store.batch_size", self.batch_size, 1)
+        for name, value in self.hnsw().items():
+            if value is not None:
+                _at_least(f"store.{name}", value, 1)
 
     def hnsw(self) -> dict[str, int | None]:
         """The HNSW parameters as ``ChromaStore`` takes them (None: Chroma's default)."""
@@ -44,10 +66,17 @@ class AgentSettings:
     max_turns: int = 4
     top_k: int = 3
 
+    def __post_init__(self) -> None:
+        _at_least("agent.max_turns", self.max_turns, 1)
+        _at_least("agent.top_k", self.top_k, 1)
+
 
 @dataclass
 class TokenizerSettings:
-    vocab_size: int = 12288  # saturates near 10.4k on the default world: about one token per name word
+    vocab_size: int = 12288
+
+    def __post_init__(self) -> None:
+        _at_least("tokenizer.vocab_size", self.vocab_size, 512)
 
 
 @dataclass
@@ -62,100 +91,121 @@ class BaseSettings:
     copy_fraction: float = 0.3
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("student_steps", "teacher_steps", "batch_size", "seq_len"):
+            _at_least(f"base.{name}", getattr(self, name), 1)
+        _positive("base.lr", self.lr)
+        _at_least("base.seed", self.seed, 0)
+        _fraction("base.copy_fraction", self.copy_fraction)
+
 
 @dataclass
-class TeacherSettings:
-    """The teacher: SFT of the base teacher on the oracle's demonstrations, or ``model``, any HF
-    checkpoint (a Search-R1 PPO model at real scale), used as is."""
+class TrainerSettings:
+    """What a supervised stage's ``Trainer`` runs with: ``steps`` optimiser steps of ``batch_size`` at
+    ``lr`` on a ``scheduler`` after ``warmup_steps``, a checkpoint every ``save_steps`` (the last
+    ``save_total_limit`` kept) and a log line every ``logging_steps``."""
 
-    model: str | None = None
-    steps: int = 3000  # at 2,000 the dev EM was still rising (0.60 at 1,300) and the loss still falling
+    steps: int = 1000
     batch_size: int = 8
     lr: float = 1e-3
-    lm_fraction: float = 0.2  # share of SFT examples drawn from the pretraining stream (keeps copying alive)
+    scheduler: str = "cosine"
+    warmup_steps: int = 20
+    save_steps: int = 100
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    precision: str = "fp32"  # bf16: autocast on float32 master weights (GPU)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _one_of("precision", self.precision, ("fp32", "bf16"))
+        _one_of("scheduler", self.scheduler, ("cosine", "linear", "constant", "constant_with_warmup"))
+        for name in ("steps", "batch_size", "save_steps", "save_total_limit", "logging_steps"):
+            _at_least(name, getattr(self, name), 1)
+        _at_least("warmup_steps", self.warmup_steps, 0)
+        _at_least("seed", self.seed, 0)
+        _positive("lr", self.lr)
 
 
 @dataclass
-class TGOSettings:
-    """Teacher rollouts over the training questions; the correct ones are the cold start's data."""
+class TeacherSettings(TrainerSettings):
+    """The teacher: SFT of the base teacher on the oracle's demonstrations, or ``model``, any HF
+    checkpoint (a Search-R1 PPO model at real scale), used as is. ``lm_fraction`` of the examples come
+    from the pretraining stream, which keeps copying alive."""
 
-    questions: int | None = 2000
-    samples_per_question: int = 1
-    temperature: float = 1.0
-    max_new_tokens: int = 96
-    seed: int = 0
+    model: str | None = None
+    steps: int = 3000
+    lm_fraction: float = 0.2
 
 
 @dataclass
-class ColdStartSettings:
+class ColdStartSettings(TrainerSettings):
     """The student's cold start on TGO: ``kd`` (forward KL to the teacher, optional CE mix ``ce_weight``)
-    or ``seqkd`` (plain SFT); ``baselines`` names further methods to train and evaluate beside it."""
+    or ``seqkd`` (plain SFT); ``baselines`` names further methods to train and evaluate beside it.
+    Its dev-EM curve takes a point every ``eval_every`` steps on ``eval_questions`` dev questions."""
 
     student: str | None = None  # an HF checkpoint instead of the base student
     method: str = "kd"
     baselines: list[str] = field(default_factory=list)
-    # Copying unseen names into queries forms abruptly between ~800 and ~1,500 steps. Final dev EM (100
-    # questions) of runs from one TGO: 0.28 at 1,200 steps, 0.51 at 1,800, 0.49 at 2,400 (bench/README.md,
-    # cold start length). Without the lm_fraction stream it stalled at 0.17.
-    steps: int = 1800
-    batch_size: int = 8
-    lr: float = 1e-3
+    steps: int = 1800  # chosen on dev: copying unseen names forms late (bench/README.md, cold start length)
     kd_lambda: float = 1.0
     ce_weight: float = 0.0
     temperature: float = 1.0
-    lm_fraction: float = 0.2  # share of examples from the base pretraining stream (keeps copying alive)
-    eval_every: int = 300  # steps between dev-EM points of the curve (0: none)
+    lm_fraction: float = 0.2
+    eval_every: int = 300
     eval_questions: int = 100
-    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("kd_lambda", "ce_weight"):
+            _at_least(f"cold_start.{name}", getattr(self, name), 0)
+        _positive("cold_start.temperature", self.temperature)
+        _fraction("cold_start.lm_fraction", self.lm_fraction, below_one=True)
+        _at_least("cold_start.eval_every", self.eval_every, 0)
+        _at_least("cold_start.eval_questions", self.eval_questions, 1)
 
 
 @dataclass
-class RLSettings:
-    """RL after the cold start, on the training questions through the batched graph (``training.rl``).
+class RLStageConfig(RLConfig):
+    """The ``rl`` section: the trainer's ``RLConfig`` plus which methods the pipeline trains.
 
-    ``dgpo``: PPO with a value model plus the teacher's term on wrong rollouts (the paper). ``ppo`` /
-    ``grpo``: the same loop without a teacher. ``gkd``: on-policy distillation, the teacher's term on
-    every rollout and no task reward. Each starts from the cold start's main method; a ``-from-base``
-    suffix (``ppo-from-base``) starts it from the base student. Every step samples ``rollouts``
-    trajectories: ``rollouts / group_size`` questions × ``group_size`` rollouts each, from a pool of
-    ``questions`` training questions that TGO did not use (None: all of them), so a question comes
-    back once the pool is spent.
+    ``method`` (``dgpo``, ``ppo``, ``grpo`` or ``gkd``, see ``rl_config.RL_METHODS``) and each of
+    ``baselines`` train from the cold start, or from the base student with a ``-from-base`` suffix.
+    ``questions`` caps RL's pool of training questions (those TGO did not use; None: all of them), so
+    a question comes back once the pool is spent. Dev-EM points take ``eval_questions`` questions.
+    ``max_steps: 0`` skips RL.
     """
 
     method: str = "dgpo"
     baselines: list[str] = field(default_factory=list)
-    steps: int = 30  # 0: no RL
-    rollouts: int = 128
-    group_size: int = 4
     questions: int | None = None
-    lr: float = 1e-4
-    critic_lr: float = 1e-4
-    warmup_ratio: float = 0.285
-    critic_warmup_steps: int = 0
-    ppo_epochs: int = 1
-    num_minibatches: int = 2
-    beta: float = 0.001
-    guidance: str = "reward"
-    kl_on: str = "wrong"
-    kl_estimator: str = "k1"
-    temperature: float = 0.7
-    max_new_tokens: int = 96
-    save_every: int = 10
-    eval_every: int = 10  # steps between dev-EM points (0: none)
     eval_questions: int = 100
-    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for method in (self.method, *self.baselines):
+            check_method(method)
+        if self.questions is not None:
+            _at_least("rl.questions", self.questions, 1)
+        _at_least("rl.eval_questions", self.eval_questions, 1)
+
+    def methods(self) -> list[str]:
+        """The main method and each baseline, once each, in that order."""
+        return list(dict.fromkeys([self.method, *self.baselines]))
 
 
 @dataclass
 class EvalSettings:
-    """Greedy test-split evaluation through the batched graph."""
+    """Greedy test-split evaluation through the batched graph. The base student rambles to the token
+    limit every turn, so it is scored on ``base_questions`` only (enough to show its EM is ~0)."""
 
     questions: int | None = None  # None: the whole split
-    # The base student rambles to the token limit every turn, costing ~5x a trained model to score:
-    # it is scored on the first 200 test questions (50 per data source), enough to show EM ~0.
     base_questions: int | None = 200
     max_new_tokens: int = 96
+
+    def __post_init__(self) -> None:
+        for name in ("questions", "base_questions", "max_new_tokens"):
+            if getattr(self, name) is not None:
+                _at_least(f"eval.{name}", getattr(self, name), 1)
 
 
 @dataclass
@@ -186,10 +236,13 @@ class PipelineConfig:
     tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
     base: BaseSettings = field(default_factory=BaseSettings)
     teacher: TeacherSettings = field(default_factory=TeacherSettings)
-    tgo: TGOSettings = field(default_factory=TGOSettings)
+    tgo: TGOConfig = field(default_factory=TGOConfig)
     cold_start: ColdStartSettings = field(default_factory=ColdStartSettings)
-    rl: RLSettings = field(default_factory=RLSettings)
+    rl: RLStageConfig = field(default_factory=RLStageConfig)
     eval: EvalSettings = field(default_factory=EvalSettings)
+
+    def __post_init__(self) -> None:
+        _one_of("starting_point", self.starting_point, ("shipped", "scratch"))
 
     def fingerprint(self, *sections: str, leave_out: tuple[str, ...] = ()) -> str:
         """A short hash of the named sections, so a stage re-runs only when its inputs change;
@@ -207,6 +260,46 @@ class PipelineConfig:
         return set_only({name: _plain(getattr(self, name)) for name in sections})
 
 
+@dataclass
+class RLRunFile:
+    """What ``python -m dgpo_agent.training.rl --config`` reads: the policy and (for DGPO or GKD) the
+    teacher checkpoints, the training questions (Search-R1 parquet or JSONL), the store and its
+    collection, the agent's budgets and the ``RLConfig``."""
+
+    model: str
+    train_file: str
+    store: str
+    teacher: str | None = None
+    collection: str = "dgpo"
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    rl: RLConfig = field(default_factory=RLConfig)
+
+
+def load_run_file(path: Path) -> RLRunFile:
+    """A standalone RL run file, read and checked like a pipeline config."""
+    return build(RLRunFile, read_yaml(path, "--config"))
+
+
+def _one_of(key: str, value: Any, allowed: Any) -> None:
+    if value not in allowed:
+        raise DGPOError(f"{key} must be one of {', '.join(map(str, allowed))} (got {value!r})")
+
+
+def _at_least(key: str, value: float, low: float) -> None:
+    if value < low:
+        raise DGPOError(f"{key} must be at least {low} (got {value!r})")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise DGPOError(f"{key} must be above 0 (got {value!r})")
+
+
+def _fraction(key: str, value: float, below_one: bool = False) -> None:
+    if not (0 <= value < 1 if below_one else 0 <= value <= 1):
+        raise DGPOError(f"{key} must be in [0, {'1)' if below_one else '1]'} (got {value!r})")
+
+
 def _plain(value: Any) -> Any:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
@@ -217,17 +310,35 @@ def set_only(data: dict) -> dict:
     return {k: set_only(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None}
 
 
+_TINY: dict[str, Any] = {
+    # The teacher sampled once at 1.0 over 2,000 training questions; RL's pool is the rest.
+    "tgo": {"questions": 2000, "samples_per_question": 1, "max_new_tokens": 96},
+    # RL at CPU scale, every setting chosen on dev questions (bench/README.md, rl_tune); a pool of 64
+    # training questions, so each comes back every other step and the reward shows what RL learns.
+    "rl": {
+        "max_steps": 30, "rollout_batch_size": 32, "group_size": 4, "questions": 64,
+        "learning_rate": 1e-4, "critic_learning_rate": 1e-4, "warmup_ratio": 0.1, "temperature": 0.7, "max_new_tokens": 96,
+        "save_every": 10, "eval_every": 10,
+    },
+    "cold_start": {"eval_every": 600},
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # The default: the shipped starting point, then TGO and the cold start on 2 CPU cores.
-    "tiny": {},
+    # The default: the shipped starting point, then TGO, the cold start and RL on 2 CPU cores.
+    "tiny": _TINY,
     # Minutes, for CI: the default path (shipped starting point) with a few questions and steps.
     "smoke": {
-        "tgo": {"questions": 64, "max_new_tokens": 64},
-        "cold_start": {"steps": 20, "eval_every": 10, "eval_questions": 16, "baselines": ["seqkd"]},
-        "rl": {"steps": 2, "rollouts": 8, "max_new_tokens": 48, "eval_every": 1, "eval_questions": 16, "baselines": ["grpo"]},
+        **_TINY,
+        "tgo": {**_TINY["tgo"], "questions": 64, "max_new_tokens": 64},
+        "cold_start": {"steps": 20, "warmup_steps": 2, "eval_every": 10, "eval_questions": 16, "baselines": ["seqkd"]},
+        "rl": {
+            **_TINY["rl"], "max_steps": 2, "rollout_batch_size": 4, "group_size": 2, "max_new_tokens": 48, "eval_every": 1,
+            "eval_questions": 16, "baselines": ["grpo"],
+        },
         "eval": {"questions": 60},
     },
     # GPU, real scale: the paper's models and Search-R1's data (download them first; see the README).
+    # RL keeps RLConfig's defaults, which are the reference recipe.
     "qwen": {
         "data": {
             "train": "data/nq_hotpotqa_train/train.parquet",
@@ -240,8 +351,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cold_start": {
             "student": "Qwen/Qwen2.5-0.5B-Instruct", "steps": 1000, "batch_size": 16, "lr": 1e-5, "eval_every": 0,
         },
-        # The reference recipe (dgpo-paper.md): 512 prompts x 1 rollout, mini-batch 256, 1000 steps.
-        "rl": {"steps": 1000, "rollouts": 512, "temperature": 1.0, "lr": 1e-6, "critic_lr": 1e-5, "max_new_tokens": 500, "save_every": 50, "eval_every": 200, "eval_questions": 256},
+        "rl": {"eval_every": 200, "eval_questions": 256},
         "eval": {"max_new_tokens": 500},
     },
 }
@@ -254,19 +364,25 @@ def load_config(
     mapping), with the run directory defaulting to runs/<preset>."""
     if preset not in PRESETS:
         raise DGPOError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
-    overrides = _merge(_merge(PRESETS[preset], _read_yaml(path) if path else {}), overrides or {})
-    cfg = _build(PipelineConfig, {"preset": preset, "out": str(out or Path("runs") / preset), **overrides})
+    overrides = _merge(_merge(PRESETS[preset], read_yaml(path, "--config") if path else {}), overrides or {})
+    cfg = build(PipelineConfig, {"preset": preset, "out": str(out or Path("runs") / preset), **overrides})
     if out is not None:
         cfg.out = str(out)
     return cfg
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, option: str) -> dict:
+    """A YAML file of settings (a mapping), or a one-line error naming the ``option`` that passed it."""
     import yaml
 
     if not path.is_file():
-        raise DGPOError(f"config file {path} not found: pass an existing YAML file to --config")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise DGPOError(f"config file {path} not found: pass an existing YAML file to {option}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise DGPOError(f"config file {path} is not valid YAML{line}: fix it or pass another file to {option}") from None
     if not isinstance(data, dict):
         raise DGPOError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
     return data
@@ -279,23 +395,67 @@ def _merge(base: dict, extra: dict) -> dict:
     return merged
 
 
-def _build(cls: type, values: dict, where: str = "") -> Any:
-    """Instantiate a (nested) config dataclass, rejecting unknown keys with the list of valid ones.
-    ``where`` is the YAML path of ``values`` (``rl.``), so errors name the key the user wrote."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+def build(cls: type, values: dict, where: str = "") -> Any:
+    """Instantiate a (nested) config dataclass, rejecting unknown keys with the list of valid ones and
+    naming a missing required one. ``where`` is the YAML path of ``values`` (``rl.``), so errors name
+    the key the user wrote."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = set(values) - set(fields)
     if unknown:
         keys = ", ".join(where + k for k in sorted(unknown))
         scope = f"in {where.rstrip('.')}" if where else "at the top level"
         raise DGPOError(f"unknown setting(s) {keys}: the valid ones {scope} are {', '.join(fields)}")
+    required = [where + n for n, f in fields.items() if n not in values and f.default is f.default_factory is dataclasses.MISSING]
+    if required:
+        raise DGPOError(f"missing setting(s) {', '.join(required)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        sub = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
-        if sub and dataclasses.is_dataclass(sub()) and isinstance(value, dict):
-            kwargs[name] = _build(type(sub()), value, f"{where}{name}.")
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                raise DGPOError(f"{where}{name} must be a mapping of settings, not {value!r}")
+            kwargs[name] = build(kind, value, f"{where}{name}.")
         else:
-            kwargs[name] = as_number(where.rstrip("."), name, fields[name].default, value)
+            kwargs[name] = check_type(f"{where}{name}", as_number(where.rstrip("."), name, fields[name].default, value), kind)
     return cls(**kwargs)
+
+
+def check_type(key: str, value: Any, kind: Any) -> Any:
+    """``value`` if it is of the annotated type (int, float, str, bool, a list of str, a Literal, or any
+    of these or None); a one-line error naming the key otherwise. An int is a float; a bool is neither."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return check_type(key, value, option)
+            except DGPOError:
+                continue
+        raise DGPOError(f"{key} must be {' or '.join(_type_name(a) for a in args)}, not {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise DGPOError(f"{key} must be one of {', '.join(map(str, args))}, not {value!r}")
+    if origin is list:
+        if isinstance(value, list) and all(isinstance(v, args[0]) for v in value):
+            return value
+        raise DGPOError(f"{key} must be a list of {_type_name(args[0], plural=True)}, not {value!r}")
+    if kind is type(None) and value is None:
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind in (int, float) and isinstance(value, kind) and not isinstance(value, bool):
+        if kind is float and not math.isfinite(value):
+            raise DGPOError(f"{key} must be a finite number, not {value!r}")
+        return value
+    if kind in (str, bool) and isinstance(value, kind):
+        return value
+    raise DGPOError(f"{key} must be {_type_name(kind)}, not {value!r}")
+
+
+def _type_name(kind: Any, plural: bool = False) -> str:
+    names = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings"), bool: ("true or false", "booleans")}
+    return "null" if kind is type(None) else names.get(kind, (str(kind), str(kind)))[plural]
 
 
 def as_number(section: str, name: str, default: Any, value: Any) -> Any:

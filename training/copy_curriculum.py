@@ -1,6 +1,6 @@
 """The copy curriculum, and the probe that measures what it is for: copying names never seen before.
 
-The tiny-world notes found that a tiny model fails on unseen entities because it cannot copy a name it
+The feasibility study (docs/tiny-world.md) found that a tiny model fails on unseen entities because it cannot copy a name it
 has never produced from the question or a document into its next query; a share of pretraining on
 protocol-shaped text about fresh random names made copying emerge. The names come from a
 ``NameGenerator`` with the world reserved, so no world name or answer is ever taught here; the

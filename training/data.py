@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dgpo_agent.errors import DGPOError
-from dgpo_agent.protocol import parse_action, render_prompt
+from dgpo_agent.protocol import END_OF_TURN, parse_action, render_prompt
 from dgpo_agent.rollout import TokenTrajectory
 from dgpo_agent.state import Segment
 
@@ -26,15 +26,12 @@ if TYPE_CHECKING:
 
 Example = dict[str, list[int]]
 
-CHATML_END = "<|im_end|>"
-
-
 def stop_id(tokenizer: Any) -> int:
     """The id that ends an assistant turn: ``<|im_end|>`` when the chat template closes turns with it
     (Qwen2.5), else the tokenizer's EOS."""
     template = getattr(tokenizer, "chat_template", None) or ""
-    if CHATML_END in template and CHATML_END in tokenizer.get_vocab():
-        return tokenizer.convert_tokens_to_ids(CHATML_END)
+    if END_OF_TURN in template and END_OF_TURN in tokenizer.get_vocab():
+        return tokenizer.convert_tokens_to_ids(END_OF_TURN)
     if tokenizer.eos_token_id is None:
         raise DGPOError("the tokenizer has no EOS token: set tokenizer.eos_token before building training examples")
     return tokenizer.eos_token_id

@@ -9,12 +9,12 @@ reach in this world.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from dgpo_agent.evals.scoring import aggregate
 from dgpo_agent.rollout import AgentConfig
 from dgpo_agent.training.config import PipelineConfig
-from dgpo_agent.training.rollouts import rollout_records
+from dgpo_agent.evals.harness import rollout_records
+from dgpo_agent.training.run import Run
 
 SPLITS = ("train", "dev", "test")
 
@@ -25,20 +25,17 @@ def demonstration_splits(cfg: PipelineConfig) -> tuple[str, ...]:
     return SPLITS if trains_teacher else SPLITS[1:]
 
 
-def write_demonstrations(world: Path, store: Path, out: Path, cfg: PipelineConfig) -> dict:
+def write_demonstrations(run: Run) -> dict:
     """Roll the oracle out over the splits the run needs; write trajectories (JSONL) and metrics per
     data source."""
-    from dgpo_agent.store import ChromaStore
-    from dgpo_agent.world import OraclePolicy, load_questions
+    from dgpo_agent.world import OraclePolicy
 
-    policy, retriever = OraclePolicy(), ChromaStore(store, cfg.store.collection, must_exist=True)
+    cfg = run.cfg
     agent_cfg = AgentConfig(max_turns=cfg.agent.max_turns, top_k=cfg.agent.top_k)
-    out.mkdir(parents=True, exist_ok=True)
+    run.dir.oracle.mkdir(parents=True, exist_ok=True)
     metrics = {}
     for split in demonstration_splits(cfg):
-        records = load_questions(world / f"{split}.jsonl")
-        path = out / f"{split}.jsonl"
-        rows = rollout_records(records, policy, retriever, agent_cfg, path, label=f"oracle {split}")
+        rows = rollout_records(run.questions(split), OraclePolicy(), run.store, agent_cfg, run.dir.oracle_split(split), label=f"oracle {split}")
         metrics[split] = aggregate((r["data_source"], r["scores"]) for r in rows)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    run.dir.oracle_metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return {split: {"n": m["all"]["n"], "em": m["all"]["em"], "evidence_recall": m["all"].get("evidence_recall")} for split, m in metrics.items()}

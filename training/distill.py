@@ -112,8 +112,8 @@ def head_at(keep: torch.Tensor, *models: torch.nn.Module | None) -> Iterator[Non
     """Run the models' LM heads only at ``keep`` positions, so their forwards return (N, V) logits.
 
     Most of a trajectory is prompt and retrieved text, and the vocabulary projection (with its
-    softmax) dominates a small model's step: projecting only the ~20% target positions makes a KD
-    step about 1.7× faster. A pre-hook on the head, rather than calling the decoder directly, keeps the
+    softmax) dominates a small model's step, so projecting only the target positions makes a KD step
+    much faster. A pre-hook on the head, rather than calling the decoder directly, keeps the
     forward going through the (possibly DDP-wrapped) model.
     """
     handles = [

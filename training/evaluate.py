@@ -12,6 +12,7 @@ from dgpo_agent.evals.scoring import aggregate
 from dgpo_agent.rollout import AgentConfig
 
 SUMMARY_KEYS = ("n", "em", "f1", "evidence_recall", "answered", "searches")
+METRICS_SUFFIX = ".metrics.json"  # beside a trajectory file: every metric per data source
 
 
 def greedy_config(max_turns: int, top_k: int, max_new_tokens: int) -> AgentConfig:
@@ -29,7 +30,7 @@ def evaluate_policy(
 
     rows = evaluate(records, policy, retriever, EvalConfig(config), path, label=label, made_by=made_by)
     full = metrics(rows)
-    path.with_suffix(".metrics.json").write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+    path.with_suffix(METRICS_SUFFIX).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
     return headline(full)
 
 

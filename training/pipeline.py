@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,40 +23,16 @@ from dgpo_agent.errors import DGPOError
 from dgpo_agent.training import stages
 from dgpo_agent.training.config import PipelineConfig
 from dgpo_agent.training.report import write_report
+from dgpo_agent.training.run import Run, RunDir
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
     sections: tuple[str, ...]  # config sections the stage depends on, its predecessors' included
-    run: Callable[[PipelineConfig, Path], dict]
-    outputs: tuple[str, ...] = ()  # run-relative paths cleared when the stage starts over
+    run: Callable[[Run], dict]
     needed: Callable[[PipelineConfig], bool] = lambda cfg: True
     selectors: tuple[str, ...] = ()  # settings that only pick which methods run: changing them clears nothing
-
-
-def _world(cfg: PipelineConfig, run: Path) -> dict:
-    from dgpo_agent.world import generate_world
-    from dgpo_agent.world.kb import WorldConfig
-
-    return generate_world(stages.world_dir(run), WorldConfig.preset(cfg.world.size, seed=cfg.world.seed))
-
-
-def _index(cfg: PipelineConfig, run: Path) -> dict:
-    from dgpo_agent.store import Embedder, index_corpus
-
-    embedder = Embedder(cfg.store.embedder) if cfg.store.embedder else None
-    store = index_corpus(
-        stages.world_dir(run) / "corpus.jsonl", stages.store_dir(run), cfg.store.collection, embedder, cfg.store.batch_size,
-        hnsw=cfg.store.hnsw(),
-    )
-    return {"passages": store.count()}
-
-
-def _oracle(cfg: PipelineConfig, run: Path) -> dict:
-    from dgpo_agent.training.demonstrations import write_demonstrations
-
-    return write_demonstrations(stages.world_dir(run), stages.store_dir(run), run / "oracle", cfg)
 
 
 def _trains_own_models(cfg: PipelineConfig) -> bool:
@@ -66,19 +43,19 @@ def _trains_own_models(cfg: PipelineConfig) -> bool:
 WORLD = ("world", "data")
 MODELS = (*WORLD, "starting_point", "tokenizer", "base")
 STAGES = (
-    Stage("world", WORLD, _world, ("world",)),
-    Stage("index", (*WORLD, "store"), _index),
-    Stage("oracle", (*WORLD, "store", "agent", "starting_point", "teacher"), _oracle, ("oracle",)),
-    Stage("tokenizer", (*WORLD, "starting_point", "tokenizer"), stages.tokenizer_stage, ("tokenizer",), _trains_own_models),
-    Stage("base", (*MODELS, "store", "agent", "eval"), stages.base_stage, ("base",), _trains_own_models),
-    Stage("teacher", (*MODELS, "store", "agent", "eval", "teacher"), stages.teacher_stage, ("teacher",)),
-    Stage("tgo", (*MODELS, "store", "agent", "teacher", "tgo"), stages.tgo_stage, ("tgo",)),
-    Stage("cold-start", (*MODELS, "store", "agent", "eval", "teacher", "tgo", "cold_start"), stages.cold_start_stage, ("cold_start",),
+    Stage("world", WORLD, stages.world_stage),
+    Stage("index", (*WORLD, "store"), stages.index_stage),
+    Stage("oracle", (*WORLD, "store", "agent", "starting_point", "teacher"), stages.oracle_stage),
+    Stage("tokenizer", (*WORLD, "starting_point", "tokenizer"), stages.tokenizer_stage, _trains_own_models),
+    Stage("base", (*MODELS, "store", "agent", "eval"), stages.base_stage, _trains_own_models),
+    Stage("teacher", (*MODELS, "store", "agent", "eval", "teacher"), stages.teacher_stage),
+    Stage("tgo", (*MODELS, "store", "agent", "teacher", "tgo"), stages.tgo_stage),
+    Stage("cold-start", (*MODELS, "store", "agent", "eval", "teacher", "tgo", "cold_start"), stages.cold_start_stage,
           selectors=("cold_start.method", "cold_start.baselines")),
     # RL starts from cold_start/<cold_start.method>, so that one is not a selector here.
-    Stage("rl", (*MODELS, "store", "agent", "eval", "teacher", "tgo", "cold_start", "rl"), stages.rl_stage, ("rl",), lambda cfg: cfg.rl.steps > 0,
+    Stage("rl", (*MODELS, "store", "agent", "eval", "teacher", "tgo", "cold_start", "rl"), stages.rl_stage, lambda cfg: cfg.rl.max_steps > 0,
           selectors=("cold_start.baselines", "rl.method", "rl.baselines")),
-    Stage("results", (*MODELS, "store", "agent", "eval", "teacher", "tgo", "cold_start", "rl"), stages.results_stage, ("arc",)),
+    Stage("results", (*MODELS, "store", "agent", "eval", "teacher", "tgo", "cold_start", "rl"), stages.results_stage),
 )
 
 
@@ -102,50 +79,126 @@ def run_pipeline(cfg: PipelineConfig, stop_after: str | None = None) -> dict[str
     if stop_after is not None and stop_after not in names:
         raise DGPOError(f"unknown stage {stop_after!r} for --stop-after: choose one of {', '.join(names)}")
     validate(cfg)
-    run = Path(cfg.out)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    run = Run(cfg)
+    _print_plan(plan(run, stop_after))
+    run.dir.root.mkdir(parents=True, exist_ok=True)
+    run.dir.config.write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     summaries = {}
     for stage in STAGES:
         if stage.needed(cfg):
-            summaries[stage.name] = _run_stage(stage, cfg, run)
+            summaries[stage.name] = _run_stage(stage, run)
         if stage.name == stop_after:
             break
-    write_report(run, summaries)
+    write_report(run.dir, summaries)
     return summaries
 
 
-def _run_stage(stage: Stage, cfg: PipelineConfig, run: Path) -> dict:
+def _run_stage(stage: Stage, run: Run) -> dict:
     from rich.console import Console
 
     console = Console()
-    marker = run / ".stages" / f"{stage.name}.json"
-    fingerprint = cfg.fingerprint(*stage.sections)
+    marker = run.dir.marker(stage.name)
+    fingerprint = run.cfg.fingerprint(*stage.sections)
+    _restore_set_aside(stage, fingerprint, run.dir)
     if marker.is_file():
         record = json.loads(marker.read_text())
         if record["fingerprint"] == fingerprint:
             console.print(f"[green]✓[/green] {stage.name}: cached ({record['seconds']:.1f} s when run)")
             return record["summary"]
-    _start_or_resume(stage, cfg.fingerprint(*stage.sections, leave_out=stage.selectors), run)
+    _start_or_resume(stage, run.cfg.fingerprint(*stage.sections, leave_out=stage.selectors), run.dir)
     console.print(f"[bold]▶ {stage.name}[/bold]")
     start = time.perf_counter()
-    summary = json.loads(json.dumps(stage.run(cfg, run)))  # as a cached run would read it back
+    summary = json.loads(json.dumps(stage.run(run)))  # as a cached run would read it back
     seconds = time.perf_counter() - start
     marker.parent.mkdir(exist_ok=True)
-    marker.write_text(json.dumps({"fingerprint": fingerprint, "seconds": seconds, "summary": summary}, indent=2))
+    sections = {name: run.cfg.fingerprint(name) for name in stage.sections}
+    marker.write_text(json.dumps({"fingerprint": fingerprint, "sections": sections, "seconds": seconds, "summary": summary}, indent=2))
+    shutil.rmtree(_aside(run.dir, stage), ignore_errors=True)  # the new outputs are complete: the old ones can go
     console.print(f"[green]✓[/green] {stage.name}: {seconds:.1f} s")
     return summary
 
 
-def _start_or_resume(stage: Stage, fingerprint: str, run: Path) -> None:
-    """Resume a stage interrupted (or, with other selectors, finished) with the same settings; clear its
-    outputs if its settings changed."""
-    started = run / ".stages" / f"{stage.name}.started"
+def plan(run: Run, stop_after: str | None = None) -> list[tuple[str, str]]:
+    """What ``run_pipeline`` will do with each stage, and why, decided before anything runs: cached,
+    run, resumed, started over (naming the settings that changed), and which methods a method stage
+    will train (a method whose model is finished is kept)."""
+    from dgpo_agent.training.stages import finished
+
+    cfg, steps = run.cfg, []
+    for stage in STAGES:
+        if not stage.needed(cfg):
+            steps.append((stage.name, "not needed"))
+        else:
+            marker, started = run.dir.marker(stage.name), run.dir.started(stage.name)
+            record = json.loads(marker.read_text()) if marker.is_file() else None
+            if record and record["fingerprint"] == cfg.fingerprint(*stage.sections):
+                steps.append((stage.name, "cached"))
+            elif started.is_file() and started.read_text() == cfg.fingerprint(*stage.sections, leave_out=stage.selectors):
+                steps.append((stage.name, "resume" if record is None else "keep what is trained"))
+            elif record is not None or started.is_file():
+                recorded = (record or {}).get("sections")  # markers written before sections were recorded have none
+                changed = [s for s in stage.sections if recorded and recorded.get(s) != cfg.fingerprint(s)]
+                steps.append((stage.name, f"start over: {', '.join(changed) or 'settings'} changed"))
+            else:
+                steps.append((stage.name, "run"))
+            models = _method_dirs(run, stage.name)
+            if models and steps[-1][1] != "cached":
+                fresh = steps[-1][1].startswith("start over")
+                todo = [m for m, path in models.items() if fresh or not finished(path)]
+                steps[-1] = (stage.name, f"{steps[-1][1]}; train {', '.join(todo) or 'nothing'}")
+        if stage.name == stop_after:
+            break
+    return steps
+
+
+def _method_dirs(run: Run, stage: str) -> dict[str, Path]:
+    """The model folder of each method a method stage trains."""
+    if stage == "cold-start":
+        return {m: run.dir.cold_start(m) for m in dict.fromkeys([run.cfg.cold_start.method, *run.cfg.cold_start.baselines])}
+    if stage == "rl":
+        return {m: run.dir.policy(m) for m in run.cfg.rl.methods()}
+    return {}
+
+
+def _print_plan(steps: list[tuple[str, str]]) -> None:
+    from rich.console import Console
+
+    Console().print("[bold]plan:[/bold] " + " · ".join(f"{name}: {action}" for name, action in steps))
+
+
+def _start_or_resume(stage: Stage, fingerprint: str, run: RunDir) -> None:
+    """Resume a stage interrupted (or, with other selectors, finished) with the same settings. One whose
+    settings changed starts over, with its outputs and marker set aside until the new ones are complete:
+    an interrupted run leaves the previous result there, and going back to its settings restores it."""
+    started = run.started(stage.name)
     if started.is_file() and started.read_text() == fingerprint:
         return
-    for output in stage.outputs:
-        path = run / output
-        if path.is_dir():
-            shutil.rmtree(path)
-    started.parent.mkdir(exist_ok=True)
+    aside = _aside(run, stage)
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir(parents=True)
+    for path in (*run.outputs(stage.name), run.marker(stage.name)):
+        if path.exists():
+            os.replace(path, aside / path.name)
     started.write_text(fingerprint)
+
+
+def _restore_set_aside(stage: Stage, fingerprint: str, run: RunDir) -> None:
+    """Bring back the outputs a started-over stage set aside, when they were made with ``fingerprint``
+    (the settings went back before the new run finished)."""
+    aside = _aside(run, stage)
+    kept = aside / run.marker(stage.name).name
+    if not kept.is_file() or json.loads(kept.read_text())["fingerprint"] != fingerprint:
+        return
+    for path in run.outputs(stage.name):
+        if path.exists():
+            shutil.rmtree(path)
+    for path in (*run.outputs(stage.name), run.marker(stage.name)):
+        if (aside / path.name).exists():
+            os.replace(aside / path.name, path)
+    run.started(stage.name).unlink(missing_ok=True)
+    shutil.rmtree(aside)
+
+
+def _aside(run: RunDir, stage: Stage) -> Path:
+    """Where a stage that starts over keeps its previous outputs until its new ones are complete."""
+    return run.stages / f"{stage.name}.previous"

@@ -6,15 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from dgpo_agent.training.callbacks import CURVE, METRICS, read_log
+from dgpo_agent.training.run import RunDir
 
-TRAINED = ("base/student", "base/teacher", "teacher", "cold_start/kd", "cold_start/seqkd")
 
+def plot_curves(run: RunDir) -> Path | None:
+    """Write the run's ``curves.png``; None when nothing has been trained yet."""
 
-def plot_curves(run: Path) -> Path | None:
-    """Write ``run/curves.png``; None when nothing has been trained yet."""
-    losses = {name: [e for e in read_log(run / name / METRICS) if "loss" in e] for name in TRAINED}
-    curves = {name: read_log(run / name / CURVE) for name in TRAINED if name.startswith("cold_start")}
-    rl = {path.parent.name: read_log(path) for path in sorted((run / "rl").glob(f"*/{METRICS}"))}
+    def name(path: Path) -> str:
+        return str(path.relative_to(run.root))
+
+    trained = [run.base("student"), run.base("teacher"), run.teacher, *run.cold_starts()]
+    losses = {name(path): [e for e in read_log(path / METRICS) if "loss" in e] for path in trained}
+    curves = {name(path): read_log(path / CURVE) for path in run.cold_starts()}
+    rl = {path.name: read_log(path / METRICS) for path in run.rl_runs()}
     if not any(losses.values()) and not any(rl.values()):
         return None
     import matplotlib
@@ -41,10 +45,9 @@ def plot_curves(run: Path) -> Path | None:
         if ax.lines:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    path = run / "curves.png"
-    fig.savefig(path, dpi=100)
+    fig.savefig(run.curves, dpi=100)
     plt.close(fig)
-    return path
+    return run.curves
 
 
 RL_PANELS = (

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from dgpo_agent.training.plots import plot_curves
+from dgpo_agent.training.run import RunDir
 
 
 def model_rows(summaries: dict[str, dict], oracle_test: dict | None) -> dict[str, dict]:
@@ -26,10 +27,10 @@ def model_rows(summaries: dict[str, dict], oracle_test: dict | None) -> dict[str
     return rows
 
 
-def write_report(run: Path, summaries: dict[str, dict]) -> Path:
+def write_report(run: RunDir, summaries: dict[str, dict]) -> Path:
     """Write ``report.md`` (and ``curves.png`` when something was trained)."""
-    lines = [f"# dgpo-agent run report: {run}", ""]
-    metrics = run / "oracle" / "metrics.json"
+    lines = [f"# dgpo-agent run report: {run.root}", ""]
+    metrics = run.oracle_metrics
     oracle_test = json.loads(metrics.read_text())["test"] if "oracle" in summaries and metrics.is_file() else None
     rows = model_rows(summaries, oracle_test)
     if len(rows) > 1 or (rows and not oracle_test):
@@ -39,14 +40,14 @@ def write_report(run: Path, summaries: dict[str, dict]) -> Path:
     if "tgo" in summaries:
         lines += ["## Teacher outputs (TGO) yield", "", *metrics_table(_as_table(summaries["tgo"])), ""]
     if "results" in summaries:
-        lines += ["The ARC report of these models (hit ratio, evidence recall, EM given the gold evidence, thinking): [arc/report.md](arc/report.md)", ""]
+        arc = (run.arc / "report.md").relative_to(run.root)
+        lines += [f"The ARC report of these models (hit ratio, evidence recall, EM given the gold evidence, thinking): [{arc}]({arc})", ""]
     if plot_curves(run):
-        lines += ["## Curves", "", "![training curves](curves.png)", ""]
+        lines += ["## Curves", "", f"![training curves]({run.curves.name})", ""]
     for stage, summary in summaries.items():
         lines += [f"## {stage}", "", "```json", json.dumps(summary, indent=2, sort_keys=True), "```", ""]
-    path = run / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    run.report.write_text("\n".join(lines))
+    return run.report
 
 
 def em_table(rows: dict[str, dict]) -> list[str]:

@@ -1,11 +1,18 @@
 """Phase 2 of DGPO: reinforcement learning in the agent environment, guided by the teacher (paper §4).
 
-Each step rolls out a batch of training questions through the batched agent graph (``run_batch``:
-the same step functions as the LangGraph graph, real retrieval, the environment mask), scores the
-final answers by exact match, adds the teacher's per-token KL penalty to the reward of rollouts that
-scored below the threshold, and updates the policy with PPO-clip and a value model (GAE, γ = λ = 1:
-the paper's setting) or with GRPO's critic-free group baseline. Without a teacher (or with β = 0) the
+Each step rolls out ``rollout_batch_size`` training questions × ``group_size`` rollouts through the
+batched agent graph (``run_batch``: the same step functions as the LangGraph graph, real retrieval,
+the environment mask), scores the final answers by exact match, and updates the policy with PPO-clip
+and a value model (GAE, γ = λ = 1: the paper's setting) or with GRPO's critic-free group baseline. On
+the rollouts ``kl_on`` picks (the wrong ones: DGPO's selective mask) the teacher's term joins as
+``guidance`` says (``rl_config.RLConfig``): in the reward, as the reference code does; in each token's
+advantage; or as a KL loss. GKD is the teacher's term alone. Without a teacher (or with β = 0) the
 same loop is the plain PPO / GRPO baseline.
+
+The reference code's form (β·k1 summed into the return) turns into a length penalty wherever the
+task reward is rare: a wrong rollout lowers its penalty by being short. The forms that keep the
+teacher's signal on each token cannot be gamed that way. The tiny preset's form and β were chosen on
+dev questions, with the comparison of every form over seeds in ``docs/results.md``.
 
 Why accelerate and not TRL's ``GRPOTrainer``: the paper's recipe needs a value model, which
 ``GRPOTrainer`` cannot host, and TRL's PPO trainer generates single-turn completions itself, with no
@@ -29,9 +36,9 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,124 +48,37 @@ from dgpo_agent.protocol import exact_match
 from dgpo_agent.rollout import AgentConfig, TokenTrajectory, run_batch, token_trajectory
 from dgpo_agent.state import AgentState
 from dgpo_agent.training import rl_objective as obj
-from dgpo_agent.training.callbacks import drop_after
-from dgpo_agent.training.config import as_number
+from dgpo_agent.training.callbacks import METRICS, drop_after
+from dgpo_agent.training.rl_config import RLConfig
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
-METRICS_FILE = "metrics.jsonl"
 # Settings that may change between a run and its resumption without changing what it computes.
-RESUMABLE_CHANGES = ("max_steps", "save_every", "eval_every", "save_total_limit", "output_dir", "stall_kl", "stall_steps")
-
-
-@dataclass
-class RLConfig:
-    """RL settings, defaulting to the reference recipe (``scripts/train_dgpo.sh``, veRL's yaml).
-
-    Batch sizes are per process, as in TRL: a step rolls out ``rollout_batch_size`` prompts ×
-    ``group_size`` rollouts on every process, and ``accelerate launch`` multiplies that by the number
-    of processes (the paper: 512 prompts, 1 rollout each, mini-batch 256 → ``num_minibatches`` 2).
-
-    The teacher term (``beta``, on the rollouts ``kl_on`` picks) enters as ``guidance`` says:
-    ``reward``, the reference code's, subtracts β·kl_t from each token's reward, so the return sums it
-    over every later token and a rollout lowers its penalty by being short; ``advantage`` subtracts
-    β·kl_t from that token's advantage alone (on-policy distillation's per-token signal, which no
-    length can game); ``loss`` adds β·KL_t(π_θ ‖ π_T), differentiated through the policy, to the loss.
-    """
-
-    output_dir: str = field(default="runs/rl", metadata={"help": "checkpoints, metrics.jsonl and the final policy"})
-    algorithm: Literal["ppo", "grpo", "gkd"] = field(
-        default="ppo",
-        metadata={"help": "ppo: value model + GAE (the paper); grpo: group-relative, critic-free; gkd: the teacher term alone, no task reward (on-policy distillation)"},
-    )
-    beta: float = field(default=0.001, metadata={"help": "weight of the teacher term"})
-    guidance: Literal["reward", "advantage", "loss"] = field(default="reward", metadata={"help": "where the teacher term enters: each token's reward, its advantage, or the loss"})
-    kl_on: Literal["wrong", "all", "none"] = field(default="wrong", metadata={"help": "which rollouts get the teacher term: score < reward_threshold (DGPO), all, none"})
-    kl_estimator: Literal["k1", "k3", "full"] = field(default="k1", metadata={"help": "k1 = log π_θ − log π_T (reference code), k3, or the exact full-vocabulary KL"})
-    reward_threshold: float = field(default=0.1, metadata={"help": "rollouts scoring below this count as wrong"})
-    learning_rate: float = field(default=1e-6, metadata={"help": "policy learning rate"})
-    critic_learning_rate: float = field(default=1e-5, metadata={"help": "value-model learning rate"})
-    warmup_ratio: float = field(default=0.285, metadata={"help": "policy warm-up, as a share of max_steps (then constant)"})
-    critic_warmup_ratio: float = field(default=0.015, metadata={"help": "value-model warm-up, as a share of max_steps"})
-    critic_warmup_steps: int = field(default=0, metadata={"help": "first steps that train only the value model (veRL's critic_warmup)"})
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    clip_range: float = field(default=0.2, metadata={"help": "PPO ratio clip ε"})
-    value_clip_range: float = field(default=0.5, metadata={"help": "value clip around the rollout-time values"})
-    entropy_coef: float = field(default=0.001, metadata={"help": "entropy bonus in the policy loss"})
-    gamma: float = 1.0
-    lam: float = 1.0
-    scale_group_rewards: bool = field(default=True, metadata={"help": "GRPO: divide by the group's reward std"})
-    rollout_batch_size: int = field(default=512, metadata={"help": "prompts per process per step"})
-    group_size: int = field(default=1, metadata={"help": "rollouts per prompt (GRPO needs at least 2)"})
-    ppo_epochs: int = 1
-    num_minibatches: int = field(default=2, metadata={"help": "optimizer steps per epoch over one step's rollouts"})
-    micro_batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
-    max_steps: int = 1000
-    save_every: int = 50
-    eval_every: int = field(default=0, metadata={"help": "steps between evaluations of the policy (0: none; needs an evaluate function)"})
-    save_total_limit: int | None = field(default=2, metadata={"help": "checkpoints kept (None: all)"})
-    seed: int = 0
-    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature (log-probs use the same)"})
-    top_p: float = field(default=1.0, metadata={"help": "rollout nucleus (log-probs use the same truncated distribution)"})
-    stall_kl: float = field(default=1e-4, metadata={"help": "approx-KL below which a step counts as not moving the policy"})
-    stall_steps: int = field(default=5, metadata={"help": "consecutive such steps before the log says the policy is not moving (0: never)"})
-
-    def __post_init__(self) -> None:
-        choices = {
-            "algorithm": ("ppo", "grpo", "gkd"), "guidance": ("reward", "advantage", "loss"),
-            "kl_on": ("wrong", "all", "none"), "kl_estimator": ("k1", "k3", "full"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise DGPOError(f"{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
-        positive = ("rollout_batch_size", "group_size", "ppo_epochs", "num_minibatches", "micro_batch_size", "max_steps", "save_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise DGPOError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        if self.beta < 0 or self.temperature <= 0:
-            raise DGPOError(f"beta must be >= 0 and temperature > 0 (got beta={self.beta}, temperature={self.temperature})")
-        if not 0 < self.top_p <= 1:
-            raise DGPOError(f"top_p must be in (0, 1] (got {self.top_p})")
-        if self.algorithm == "grpo" and self.group_size < 2:
-            raise DGPOError(f"grpo needs group_size >= 2 to form a baseline (got {self.group_size})")
-        if self.algorithm == "gkd" and (self.kl_on == "none" or self.beta == 0):
-            raise DGPOError("gkd learns from the teacher term alone: set beta > 0 and kl_on to all (or wrong)")
-        if self.guidance == "loss" and self.kl_estimator == "k1":
-            raise DGPOError("guidance: loss needs kl_estimator full or k3: k1's gradient is zero in expectation")
-        if self.num_minibatches > self.rollout_batch_size * self.group_size:
-            raise DGPOError(f"num_minibatches={self.num_minibatches} exceeds the {self.rollout_batch_size * self.group_size} rollouts per step")
-        if self.critic_warmup_steps < 0 or self.stall_steps < 0:
-            raise DGPOError("critic_warmup_steps and stall_steps must be >= 0")
-        if self.critic_warmup_steps and not self.uses_critic:
-            raise DGPOError(f"critic_warmup_steps needs a value model: {self.algorithm} has none (use 0)")
-
-    @property
-    def uses_critic(self) -> bool:
-        return self.algorithm == "ppo"
+RESUMABLE_CHANGES = ("max_steps", "save_every", "eval_every", "save_total_limit", "output_dir", "stall_kl", "stall_steps", "shift_rollouts")
 
 
 # ----------------------------------------------------------------------------------- rollout statistics
 
+# The evaluation metrics (``evals.metrics``) each step logs over its rollouts, under the log's names.
+# The reward is EM: of the answer the model gave, never of text from the prompt or the documents.
+ROLLOUT_METRICS = {"em": "reward", "invalid": "invalid_rate", "searches": "search_count", "empty_query": "empty_query_rate", "answered": "answered"}
 
-def rollout_stats(state: AgentState, record: dict) -> dict[str, float]:
-    """One rollout's reward (EM of the answer the model gave, never text from the prompt or the
-    retrieved documents) and the behaviour counts the log aggregates."""
-    steps = state["steps"]
-    invalid = [s for s in steps if s["kind"] == "invalid"]
-    searches = sum(s["kind"] == "search" for s in steps)
-    empty = sum(s.get("reason") == "empty_query" for s in invalid)
-    return {
-        "reward": exact_match(state.get("answer"), record["golden_answers"]),
-        "turns": float(state["turn"]),
-        "valid_actions": float(state["turn"] - len(invalid)),
-        "searches": float(searches),
-        "search_attempts": float(searches + empty),
-        "empty_queries": float(empty),
-        "answered": float(state.get("answer") is not None),
-    }
+
+def rollout_counts(states: Sequence[AgentState], records: Sequence[dict]) -> dict[str, float]:
+    """Per metric of ``ROLLOUT_METRICS``: the sum over the rollouts that define it and their count
+    (summable over processes, then divided: the harness's mean over the trajectories that define it)."""
+    from dgpo_agent.agent import output
+    from dgpo_agent.evals.scoring import score
+
+    counts = {f"{key}_{part}": 0.0 for key in ROLLOUT_METRICS for part in ("sum", "n")}  # the same keys on every process
+    for state, record in zip(states, records, strict=True):
+        scored = score(output(state), record)
+        for key in ROLLOUT_METRICS.keys() & scored.keys():
+            counts[f"{key}_sum"] += scored[key]
+            counts[f"{key}_n"] += 1
+    return counts
 
 
 @dataclass
@@ -266,10 +186,10 @@ class RLTrainer:
             raise DGPOError(f"training records lack {', '.join(missing)}: pass question records such as the world's train.jsonl")
         self.config, self.agent, self.records, self.retriever = config, agent, list(records), retriever
         self.tokenizer = tokenizer
-        self.accelerator = acc = Accelerator()
+        self.accelerator = acc = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no")
         set_seed(config.seed)
         self.vocab = check_vocab(tokenizer, model, teacher)
-        self.guided = teacher is not None and config.beta > 0 and config.kl_on != "none"
+        self.guided = teacher is not None and config.guided
         if config.algorithm == "gkd" and not self.guided:
             raise DGPOError("gkd learns from the teacher alone: pass a teacher")
         if config.uses_critic and critic is None:
@@ -281,6 +201,8 @@ class RLTrainer:
             opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=config.weight_decay)
             return opt, warmup_schedule(opt, round(warmup * config.max_steps))
 
+        # Float32 master weights, whatever dtype the models came in: a bf16 weight drops small updates.
+        model, critic = model.float(), critic.float() if critic is not None else None
         opt, sched = optimizer(model, config.learning_rate, config.warmup_ratio)
         self.model, self.optimizer = acc.prepare(model.eval(), opt)
         self.schedulers = [sched]
@@ -336,11 +258,12 @@ class RLTrainer:
         cfg, acc = self.config, self.accelerator
         started = time.perf_counter()
         records = self.step_records(step)
-        sampling = dataclasses.replace(self.agent.sampling, temperature=cfg.temperature, top_p=cfg.top_p, seed=self._seed(step))
+        sampling = dataclasses.replace(
+            self.agent.sampling, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=self._seed(step)
+        )
         states = run_batch([r["question"] for r in records], self.rollout_policy, self.retriever, dataclasses.replace(self.agent, sampling=sampling))
         rollout_s = time.perf_counter() - started
-        stats = [rollout_stats(s, r) for s, r in zip(states, records, strict=True)]
-        scores = torch.tensor([s["reward"] for s in stats], device=acc.device)
+        scores = torch.tensor([exact_match(s.get("answer"), r["golden_answers"]) for s, r in zip(states, records, strict=True)], device=acc.device)
         batch = pack([token_trajectory(s) for s in states], self.pad_id, acc.device)
         with torch.no_grad():
             scored = self._score(batch, scores)
@@ -352,15 +275,15 @@ class RLTrainer:
         for scheduler in self.schedulers[int(not training_policy) :]:
             scheduler.step()
         wrong = (scores < cfg.reward_threshold).float()
-        counts = {k: sum(s[k] for s in stats) for k in stats[0]}
+        counts = rollout_counts(states, records)
         counts.update(
-            rollouts=float(len(stats)),
+            rollouts=float(len(states)),
             tokens=batch.mask.sum().item(),
             entropy=(scored.entropy * batch.mask).sum().item(),
             penalised=penalised.sum().item(),
             wrong=wrong.sum().item(),
-            shift=self._policy_shift(batch, scored.logp),
         )
+        counts.update(zip(("shift", "shift_tokens"), self._policy_shift(batch, scored.logp, step)))
         if scored.kl is not None:
             wrong_tokens = batch.mask * wrong.unsqueeze(1)
             counts.update(kl_wrong=(scored.kl * wrong_tokens).sum().item(), wrong_tokens=wrong_tokens.sum().item())
@@ -376,17 +299,13 @@ class RLTrainer:
         metrics: dict[str, Any] = {
             "step": step,
             "data_position": self.data_position(step + 1),
-            "reward": ratio(t["reward"], n),
-            "valid_action_rate": ratio(t["valid_actions"], t["turns"]),
-            "search_count": ratio(t["searches"], n),
-            "empty_query_rate": ratio(t["empty_queries"], t["search_attempts"]),
-            "answered": ratio(t["answered"], n),
+            **{name: ratio(t[f"{key}_sum"], t[f"{key}_n"]) for key, name in ROLLOUT_METRICS.items()},
             "wrong_frac": ratio(t["wrong"], n),
             "penalised_frac": ratio(t["penalised"], n),
             "kl_wrong": ratio(t["kl_wrong"], t["wrong_tokens"]) if "kl_wrong" in t else None,
             "entropy": ratio(t["entropy"], t["tokens"]),
             "response_length": ratio(t["tokens"], n),
-            "approx_kl": ratio(t["shift"], t["tokens"]),
+            "approx_kl": ratio(t["shift"], t["shift_tokens"]),
             **{k: ratio(t[k], world) for k in ("pg_loss", "guide_loss", "vf_loss", "clipfrac", "grad_norm") if k in t},
             "lr": lr,
             "rollout_s": round(rollout_s, 4),
@@ -451,20 +370,29 @@ class RLTrainer:
 
     def _micro_batches(self, index: torch.Tensor, batch: Batch) -> Iterator[torch.Tensor]:
         """``index`` split into micro-batches of rows of similar length, shortest first, so that each
-        forward pads only to its own longest row. Rollouts run from one search to several: padded to
-        the whole batch's longest, 37% of the positions at the tiny default were padding."""
+        forward pads only to its own longest row. Rollouts run from one search to several, so padding
+        them all to the batch's longest would make much of every forward padding."""
         if index.numel():
             lengths = batch.attention_mask[index].sum(1)
             yield from index[lengths.argsort(stable=True)].split(self.config.micro_batch_size)
 
     def _score(self, batch: Batch, scores: torch.Tensor) -> _Scored:
         """The rollout-time quantities, without gradients: old log-probs and entropy (recomputed with
-        the training forward, so the first PPO ratio is exactly 1), values, and the teacher's KL on
-        the rollouts that need it."""
+        the training forward, so the first PPO ratio is exactly 1), values, and the teacher's
+        log-probs and KL on the rollouts that need them.
+
+        The teacher runs only on those rollouts: the wrong ones (penalised by DGPO, and logged as
+        ``kl_wrong`` by every variant), or all of them under ``kl_on: all``. At a reward rate r this
+        skips a share r of the teacher's work. The exact KL reuses the policy's logits of the same pass.
+        """
         policy = self.accelerator.unwrap_model(self.model)
         critic = self.accelerator.unwrap_model(self.critic) if self.critic is not None else None
         logp, entropy = torch.zeros_like(batch.mask), torch.zeros_like(batch.mask)
         values = torch.zeros_like(batch.mask) if critic is not None else None
+        teacher = self.teacher is not None
+        needed = self._teacher_rows(scores) if teacher else None
+        kl, teacher_logp = (torch.zeros_like(batch.mask), torch.zeros_like(batch.mask)) if teacher else (None, None)
+        teacher_s = 0.0
         for index in self._micro_batches(self._all_rows(batch), batch):
             micro = batch.rows(index)
             logits = self._policy_logits(policy, micro)
@@ -472,46 +400,53 @@ class RLTrainer:
             entropy[index] = self._on_tokens(obj.entropy(logits), micro)
             if values is not None:
                 values[index] = self._values(critic, micro)
-        if self.teacher is None:
-            return _Scored(logp, entropy, values, None, None, 0.0)
-        return _Scored(logp, entropy, values, *self._teacher_kl(batch, logp, scores))
+            if teacher and needed[index].any():
+                started = _synced_time()
+                rows, teacher_logits = self._teacher_logits(micro, needed[index])
+                teacher_s += _synced_time() - started
+                sub = micro.rows(rows)
+                teacher_logp[index[rows]] = self._token_logprobs(teacher_logits, sub)
+                if self.config.kl_estimator == "full":
+                    kl[index[rows]] = self._on_tokens(obj.full_kl(logits[self._tokens_of(micro, rows)], teacher_logits), sub)
+                else:
+                    kl[index[rows]] = obj.sampled_kl(logp[index[rows]], teacher_logp[index[rows]], self.config.kl_estimator) * sub.mask
+        return _Scored(logp, entropy, values, kl, teacher_logp, teacher_s)
 
-    def _teacher_kl(self, batch: Batch, logp: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Per-token KL to the teacher and the teacher's log-probs (0 elsewhere), and the seconds its
-        forward passes took.
+    def _teacher_rows(self, scores: torch.Tensor) -> torch.Tensor:
+        """Which rollouts the teacher scores: every one under ``kl_on: all``, else the wrong ones."""
+        if self.config.kl_on == "all":
+            return torch.ones_like(scores, dtype=torch.bool)
+        return scores < self.config.reward_threshold
 
-        The teacher runs only on the rollouts whose KL is used: the wrong ones (penalised by DGPO,
-        and logged as ``kl_wrong`` by every variant), or all of them under ``kl_on: all``. At a
-        reward rate r this skips a share r of the teacher's work.
-        """
-        cfg = self.config
-        needed = torch.ones_like(scores, dtype=torch.bool) if cfg.kl_on == "all" else scores < cfg.reward_threshold
-        kl, teacher_logp = torch.zeros_like(batch.mask), torch.zeros_like(batch.mask)
-        teacher_s = 0.0
-        policy = self.accelerator.unwrap_model(self.model)
-        for index in self._micro_batches(needed.nonzero().squeeze(1), batch):
-            micro = batch.rows(index)
-            started = _synced_time()
-            teacher_logits = self._forward_logits(self.teacher, micro)
-            teacher_logp[index] = self._token_logprobs(teacher_logits, micro)
-            teacher_s += _synced_time() - started
-            if cfg.kl_estimator == "full":
-                kl[index] = self._on_tokens(obj.full_kl(self._policy_logits(policy, micro), teacher_logits), micro)
-            else:
-                kl[index] = obj.sampled_kl(logp[index], teacher_logp[index], cfg.kl_estimator) * micro.mask
-        return kl, teacher_logp, teacher_s
-
-    def _policy_shift(self, batch: Batch, old_logp: torch.Tensor) -> float:
-        """Σ over model tokens of KL(π_old ‖ π_new) after the whole update (k3 on the rollouts' own
-        tokens): how far the step moved the policy, every optimizer step of it included."""
-        policy = self.accelerator.unwrap_model(self.model)
-        total = 0.0
+    def _teacher_logits(self, micro: Batch, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the indices of the ``rows`` mask, the teacher's (N, V) logits on their model tokens)."""
+        picked = rows.nonzero().squeeze(1)
         with torch.no_grad():
-            for index in self._micro_batches(self._all_rows(batch), batch):
+            return picked, self._forward_logits(self.teacher, micro.rows(picked))
+
+    @staticmethod
+    def _tokens_of(micro: Batch, rows: torch.Tensor) -> torch.Tensor:
+        """Which of the micro-batch's model tokens (row-major, as logits come) belong to the picked rows."""
+        return torch.isin(micro.mask.bool().nonzero()[:, 0], rows)
+
+    def _policy_shift(self, batch: Batch, old_logp: torch.Tensor, step: int) -> tuple[float, float]:
+        """(Σ over model tokens of KL(π_old ‖ π_new), the tokens) after the whole update, k3 on the
+        rollouts' own tokens: how far the step moved the policy, every optimizer step of it included.
+        Measured on ``shift_rollouts`` rollouts drawn at random (all when 0), an unbiased estimate at a
+        fraction of a forward pass over the step."""
+        policy = self.accelerator.unwrap_model(self.model)
+        rows = self._all_rows(batch)
+        if self.config.shift_rollouts and rows.numel() > self.config.shift_rollouts:
+            generator = torch.Generator().manual_seed(self._seed(step, 2))
+            rows = rows[torch.randperm(rows.numel(), generator=generator)[: self.config.shift_rollouts].to(rows.device)]
+        total = tokens = 0.0
+        with torch.no_grad():
+            for index in self._micro_batches(rows, batch):
                 micro = batch.rows(index)
                 logp = self._token_logprobs(self._policy_logits(policy, micro), micro)
                 total += (obj.sampled_kl(old_logp[index], logp, "k3") * micro.mask).sum().item()
-        return total
+                tokens += micro.mask.sum().item()
+        return total, tokens
 
     def _all_rows(self, batch: Batch) -> torch.Tensor:
         return torch.arange(batch.input_ids.shape[0], device=self.accelerator.device)
@@ -621,12 +556,14 @@ class RLTrainer:
 
     def _kl_now(self, logits: torch.Tensor, logp: torch.Tensor, micro: Batch, teacher_logp: torch.Tensor, penalised: torch.Tensor) -> torch.Tensor:
         """KL(π_θ ‖ π_T) per token under the current weights, differentiable in them (``guidance:
-        loss``): exact over the vocabulary (the teacher's forward again), or k3 on the sampled tokens
-        (0 on rows without the teacher's log-probs)."""
+        loss``), on the penalised rows (0 elsewhere): exact over the vocabulary (the teacher's forward
+        again, on those rows only), or k3 on the sampled tokens."""
         if self.config.kl_estimator == "full":
-            with torch.no_grad():
-                teacher_logits = self._forward_logits(self.teacher, micro)
-            return self._on_tokens(obj.full_kl(logits, teacher_logits), micro)
+            kl = torch.zeros_like(micro.mask)
+            if penalised.bool().any():
+                rows, teacher_logits = self._teacher_logits(micro, penalised.bool())
+                kl[rows] = self._on_tokens(obj.full_kl(logits[self._tokens_of(micro, rows)], teacher_logits), micro.rows(rows))
+            return kl
         known = (penalised.unsqueeze(1) * micro.mask).bool()
         return obj.sampled_kl(logp, torch.where(known, teacher_logp, logp), "k3")
 
@@ -645,7 +582,7 @@ class RLTrainer:
             if self.evaluate and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
                 metrics.update(self._evaluate())
             if self.accelerator.is_main_process:
-                with (self.run_dir / METRICS_FILE).open("a") as sink:
+                with (self.run_dir / METRICS).open("a") as sink:
                     sink.write(json.dumps(metrics) + "\n")
             if step % cfg.save_every == 0 or step == cfg.max_steps:
                 self.save_checkpoint(step)
@@ -715,7 +652,7 @@ class RLTrainer:
             self.accelerator.load_state(str(found[-1]))
             step = state["step"]
         if self.accelerator.is_main_process:
-            drop_after(self.run_dir / METRICS_FILE, step)
+            drop_after(self.run_dir / METRICS, step)
         self.accelerator.wait_for_everyone()
         return step
 
@@ -765,45 +702,25 @@ def train_rl(
     return metrics
 
 
-def load_run(path: Path) -> dict[str, Any]:
-    """Read a run file: ``model``, optional ``teacher``, ``train_file`` (question records), ``store``
-    (a Chroma directory), ``agent`` (max_turns, top_k, max_new_tokens) and ``rl`` (RLConfig fields)."""
-    import yaml
-
-    if not path.is_file():
-        raise DGPOError(f"run file {path} not found: pass an existing YAML file to --config")
-    run = yaml.safe_load(path.read_text()) or {}
-    missing = [k for k in ("model", "train_file", "store") if not run.get(k)]
-    if missing:
-        raise DGPOError(f"run file {path} lacks {', '.join(missing)}: name the policy checkpoint, the question file and the store")
-    fields = {f.name: f.default for f in dataclasses.fields(RLConfig)}
-    unknown = set(run.get("rl") or {}) - set(fields)
-    if unknown:
-        raise DGPOError(f"unknown rl settings in {path}: {', '.join(sorted(unknown))}")
-    run["rl"] = {k: as_number("rl", k, fields[k], v) for k, v in (run.get("rl") or {}).items()}
-    return run
-
-
 def run_file(path: Path) -> dict[str, Any]:
-    """Load everything a run file names and train; returns the last step's metrics."""
+    """Load everything a run file (``config.RLRunFile``) names and train; returns the last step's metrics."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dgpo_agent.backends.base import SamplingParams
+    from dgpo_agent.evals.data import load_dataset
     from dgpo_agent.store import open_retriever
-    from dgpo_agent.world import load_questions
+    from dgpo_agent.training.config import load_run_file
 
-    run = load_run(path)
-    agent_settings = dict(run.get("agent") or {})
-    sampling = SamplingParams(max_new_tokens=agent_settings.pop("max_new_tokens", 500))
-    agent = AgentConfig(**agent_settings, sampling=sampling)
-    config = RLConfig(**(run.get("rl") or {}))
+    run = load_run_file(path)
+    if run.rl.guided and not run.teacher:
+        raise DGPOError(f"{run.rl.algorithm} with kl_on {run.rl.kl_on} and beta {run.rl.beta} needs a teacher: name one in {path}")
 
     def load(name: str) -> Any:
         return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
 
-    teacher = load(run["teacher"]) if run.get("teacher") else None
-    records, retriever = load_questions(run["train_file"]), open_retriever(run["store"])
-    return train_rl(load(run["model"]), AutoTokenizer.from_pretrained(run["model"]), records, retriever, agent, config, teacher=teacher)
+    teacher = load(run.teacher) if run.teacher and run.rl.guided else None
+    records, retriever = load_dataset(run.train_file), open_retriever(run.store, run.collection)
+    agent = AgentConfig(max_turns=run.agent.max_turns, top_k=run.agent.top_k)
+    return train_rl(load(run.model), AutoTokenizer.from_pretrained(run.model), records, retriever, agent, run.rl, teacher=teacher)
 
 
 def check_cpu_launch(environ: Mapping[str, str]) -> None:
@@ -824,7 +741,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="DGPO / PPO / GRPO in the agent environment")
-    parser.add_argument("--config", type=Path, required=True, help="run file (YAML): see load_run")
+    parser.add_argument("--config", type=Path, required=True, help="run file (YAML): see training.config.RLRunFile")
     args = parser.parse_args(argv)
     try:
         check_cpu_launch(os.environ)

@@ -22,12 +22,14 @@ from pathlib import Path
 
 from dgpo_agent.errors import DGPOError
 from dgpo_agent.training.config import PipelineConfig, set_only
+from dgpo_agent.training.evaluate import METRICS_SUFFIX
+from dgpo_agent.training.run import TEST_TRAJECTORIES, Run, RunDir
 
 ASSETS = Path(str(importlib.resources.files("dgpo_agent"))) / "assets" / "tiny-world"
-PARTS = {"tokenizer": "tokenizer", "base-student": "base/student", "teacher": "teacher"}  # name → run subdir
+PARTS = ("tokenizer", "base-student", "teacher")
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-METRICS_FILE = "test.metrics.json"  # what the ARC harness wrote for the part's test evaluation
+METRICS_FILE = Path(TEST_TRAJECTORIES).with_suffix(METRICS_SUFFIX).name  # the part's test metrics, as the harness wrote them
 EVAL_SECTIONS = ("world", "store", "agent", "eval")  # the settings a test evaluation depends on
 PROBE_QUESTIONS = 32  # test questions whose first greedy turn the record keeps, for a fast check
 
@@ -47,17 +49,23 @@ def read_record(assets: Path = ASSETS) -> dict:
     return json.loads(path.read_text())
 
 
-def install(cfg: PipelineConfig, run: Path, part: str, dest: Path, assets: Path = ASSETS) -> None:
-    """Copy the shipped ``part`` into ``dest`` after checking that it was built for this run's world
+def part_dir(run: RunDir, part: str) -> Path:
+    """Where a shipped part lives in a run."""
+    return {"tokenizer": run.tokenizer, "base-student": run.base("student"), "teacher": run.teacher}[part]
+
+
+def install(run: Run, part: str, assets: Path = ASSETS) -> None:
+    """Copy the shipped ``part`` into the run after checking that it was built for this run's world
     and that every file is the one the record hashed."""
     record = read_record(assets)
-    world = {"seed": cfg.world.seed, "size": cfg.world.size}
-    corpus = sha256(run / "world" / "corpus.jsonl")
+    world = {"seed": run.cfg.world.seed, "size": run.cfg.world.size}
+    corpus = sha256(run.dir.world.corpus)
     if record["world"]["settings"] != world or record["world"]["corpus_sha256"] != corpus:
         raise DGPOError(
             f"the shipped starting point belongs to world {record['world']['settings']}, not {world}: "
             "set starting_point: scratch to train the tokenizer, base models and teacher for this world"
         )
+    dest = part_dir(run.dir, part)
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -71,33 +79,34 @@ def install(cfg: PipelineConfig, run: Path, part: str, dest: Path, assets: Path 
         shutil.copyfile(source, dest / file)
 
 
-def export(cfg: PipelineConfig, run: Path, summaries: dict[str, dict], command: str, dest: Path = ASSETS) -> dict:
+def export(run: Run, summaries: dict[str, dict], command: str, dest: Path = ASSETS) -> dict:
     """Copy the run's tokenizer, base student and teacher into ``dest`` and write their record."""
+    from dgpo_agent.world import load_questions
+
+    cfg = run.cfg
     if dest.exists():
         shutil.rmtree(dest)
     files = {}
-    for part, subdir in PARTS.items():
+    for part in PARTS:
         (dest / part).mkdir(parents=True)
         for name in (*MODEL_FILES, *TOKENIZER_FILES, METRICS_FILE):
-            source = run / subdir / name
+            source = part_dir(run.dir, part) / name
             if source.is_file():
                 shutil.copyfile(source, dest / part / name)
                 files[f"{part}/{name}"] = sha256(source)
     sections = ("world", "store", "tokenizer", "base", "teacher", "agent", "eval")
-    from dgpo_agent.world import load_questions
-
-    questions = [r["question"] for r in load_questions(run / "world" / "test.jsonl")[:PROBE_QUESTIONS]]
+    questions = [r["question"] for r in load_questions(run.dir.world.questions("test"))[:PROBE_QUESTIONS]]
     record = {
         "command": command,
         "config": {name: dataclasses.asdict(getattr(cfg, name)) for name in sections},
         "world": {
             "settings": {"seed": cfg.world.seed, "size": cfg.world.size},
-            "corpus_sha256": sha256(run / "world" / "corpus.jsonl"),
+            "corpus_sha256": sha256(run.dir.world.corpus),
         },
-        "seconds": {stage: round(s, 1) for stage, s in stage_seconds(run).items()},
+        "seconds": {stage: round(s, 1) for stage, s in stage_seconds(run.dir).items()},
         "scores": {"base_student": summaries["base"]["student_test"], "teacher": summaries["teacher"]["test"]},
         "first_turns": [
-            {"question": q, "turn": t} for q, t in zip(questions, first_turns(run / "teacher", questions, cfg.eval.max_new_tokens))
+            {"question": q, "turn": t} for q, t in zip(questions, first_turns(run.dir.teacher, questions, cfg.eval.max_new_tokens))
         ],
         "files": files,
     }
@@ -115,10 +124,9 @@ def recorded_test(cfg: PipelineConfig, installed: Path, assets: Path = ASSETS) -
     return json.loads(path.read_text())
 
 
-def stage_seconds(run: Path) -> dict[str, float]:
+def stage_seconds(run: RunDir) -> dict[str, float]:
     """Wall seconds each finished stage of ``run`` took (from its stage markers)."""
-    markers = sorted((run / ".stages").glob("*.json"))
-    return {m.stem: json.loads(m.read_text())["seconds"] for m in markers}
+    return {m.stem: json.loads(m.read_text())["seconds"] for m in run.markers()}
 
 
 def first_turns(model_dir: Path, questions: list[str], max_new_tokens: int) -> list[str]:

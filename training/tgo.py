@@ -9,21 +9,32 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from dgpo_agent.backends.base import SamplingParams
+from dgpo_agent.errors import DGPOError
 from dgpo_agent.rollout import AgentConfig
-from dgpo_agent.training.rollouts import read_rows, rollout_records
+from dgpo_agent.evals.harness import rollout_records
+from dgpo_agent.trajectories import read_rows
 
 
 @dataclass
 class TGOConfig:
-    """How the teacher is sampled: ``samples_per_question`` rollouts per training question at
-    ``temperature`` (the paper samples at 1.0), each turn at most ``max_new_tokens``."""
+    """How the teacher is sampled: ``samples_per_question`` rollouts for each of the first ``questions``
+    training questions (None: all) at ``temperature`` (the paper samples at 1.0), each turn at most
+    ``max_new_tokens``."""
 
+    questions: int | None = None
     samples_per_question: int = 4
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 128
     seed: int = 0
-    max_questions: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.samples_per_question < 1 or self.max_new_tokens < 1 or (self.questions is not None and self.questions < 1):
+            raise DGPOError("tgo.questions, samples_per_question and max_new_tokens must be at least 1")
+        if self.seed < 0:
+            raise DGPOError(f"tgo.seed must be >= 0 (got {self.seed})")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise DGPOError(f"tgo.temperature must be >= 0 and top_p in (0, 1] (got {self.temperature}, {self.top_p})")
 
 
 def generate_tgo(teacher, retriever, records: list[dict], config: TGOConfig, agent: AgentConfig, path: Path) -> dict:
@@ -32,7 +43,7 @@ def generate_tgo(teacher, retriever, records: list[dict], config: TGOConfig, age
     agent = AgentConfig(max_turns=agent.max_turns, top_k=agent.top_k, sampling=sampling)
     samples = [
         {**record, "id": f"{record['id']}#{k}", "question_id": record["id"], "sample": k}
-        for record in records[: config.max_questions]
+        for record in records[: config.questions]
         for k in range(config.samples_per_question)
     ]
     rows = rollout_records(samples, teacher, retriever, agent, path, label="teacher outputs", tokens=True)

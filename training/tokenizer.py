@@ -1,11 +1,10 @@
 """The world tokenizer: a byte-level BPE trained on the world's passages and the protocol's text.
 
-It is trained with entity names in the text, so a name is a few tokens rather than a dozen bytes (the
-tiny-world notes found that tiny models copy such names far better). For the same reason every
-four-digit number in the texts (the world's years) is one token: split digit by digit, as Qwen2's
-pre-tokeniser does, a year is four tokens that recur in every other year, and the first teacher trained
-on them copied the right documents' names but wrote invented years (test EM 0.06 on "what year"
-questions against 0.76 on "who/where" ones). The protocol tags are single tokens that are not
+It is trained with entity names in the text, so a name is a few tokens rather than a dozen bytes
+(tiny models copy such names far better: docs/tiny-world.md). For the same reason every four-digit
+number in the texts (the world's years) is one token: split digit by digit, as Qwen2's pre-tokeniser
+does, a year is four tokens that recur in every other year, and a teacher trained on them copied the
+right documents' names but wrote invented years. The protocol tags are single tokens that are not
 "special": Qwen3 marks ``<think>`` the same way, so a decode with ``skip_special_tokens=True`` (what
 TRL and vLLM use by default) keeps them and ``parse_action`` still sees the action.
 """

@@ -1,10 +1,9 @@
 """The tiny model zoo: Qwen2 shapes for the teacher and the student, built fresh for a tokenizer.
 
-The student is the tiny-world notes' h128 x 3 (1.31M parameters with the 4,096-token world tokenizer),
-the size that learned to copy unseen names there. The teacher is h192 x 4 (3.15M, 2.4x the student):
-the notes found optimiser steps matter more than width for copying, and an optimiser step of the
-notes' h256 x 4 (5.25M) costs 1.7x one of h192 x 4 on CPU, so for the same preparation time the
-narrower teacher gets that many more steps. MLPs are 4x hidden, with no grouped-query attention.
+The student is h128 x 3, the size that learned to copy unseen names in the feasibility study
+(docs/tiny-world.md). The teacher is h192 x 4, about twice the student: optimiser steps matter more
+than width for copying, and a narrower teacher gets more of them in the same preparation time. MLPs
+are 4x hidden, with no grouped-query attention.
 """
 
 from __future__ import annotations

@@ -55,7 +55,9 @@ def load_policy(
 
 class TokenPolicy:
     """What every backend that continues token ids shares: the prompt with its ids, encoding of
-    environment text, and the id rows to continue, checked against the model's window."""
+    environment text, and generation of every context that fits the model's window. A context that
+    does not fit (a long passage, many turns) gets an ``overflow`` completion and ends alone; the
+    other contexts of the batch go on."""
 
     tokenizer: Any
 
@@ -66,10 +68,25 @@ class TokenPolicy:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def rows(self, contexts: Sequence[Context], max_new_tokens: int, window: int | None) -> list[list[int]]:
+    def window(self) -> int | None:
+        """The model's context window in tokens (None: unknown, never checked)."""
+        return None
+
+    def continue_rows(self, rows: list[list[int]], params: SamplingParams) -> list[Completion]:
+        """Continue every id row, in one batch (each backend's own engine)."""
+        raise NotImplementedError
+
+    def generate(self, contexts: Sequence[Context], params: SamplingParams) -> list[Completion]:
+        """Continue every context in one batch, except those the window cannot hold with
+        ``max_new_tokens`` more: they get an overflow completion (no text), never a truncated context."""
+        if not contexts:
+            return []
         rows = [context_ids(c, self.encode) for c in contexts]
-        check_window(rows, max_new_tokens, window)
-        return rows
+        window = self.window()
+        fits = [window is None or len(row) + params.max_new_tokens <= window for row in rows]
+        kept = [row for row, ok in zip(rows, fits) if ok]
+        done = iter(self.continue_rows(kept, params) if kept else [])
+        return [next(done) if ok else Completion(text="", token_ids=[], logprobs=[], overflow=True) for ok in fits]
 
 
 def context_ids(context: Context, encode: Callable[[str], list[int]]) -> list[int]:
@@ -81,15 +98,3 @@ def context_ids(context: Context, encode: Callable[[str], list[int]]) -> list[in
     for segment in context.segments:
         ids.extend(segment["ids"] if segment["ids"] is not None else encode(segment["text"]))
     return ids
-
-
-def check_window(rows: list[list[int]], max_new_tokens: int, window: int | None) -> None:
-    """Refuse contexts the model cannot attend over instead of silently truncating them."""
-    if window is None:
-        return
-    for i, row in enumerate(rows):
-        if len(row) + max_new_tokens > window:
-            raise DGPOError(
-                f"context {i} has {len(row)} tokens; with max_new_tokens={max_new_tokens} it exceeds the "
-                f"model's {window}-token window: use fewer turns, a smaller top_k or shorter passages"
-            )

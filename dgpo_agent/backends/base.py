@@ -3,9 +3,11 @@ and the scripted oracle. The graph, the batched runner and training only ever ta
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
+from dgpo_agent.errors import DGPOError
 from dgpo_agent.protocol import STOP_STRINGS
 from dgpo_agent.state import Segment
 
@@ -25,6 +27,16 @@ class SamplingParams:
     stop: tuple[str, ...] = STOP_STRINGS
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise DGPOError(f"temperature must be a finite number of at least 0 (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            raise DGPOError(f"top_p must be in (0, 1] (got {self.top_p})")
+        if self.max_new_tokens < 1:
+            raise DGPOError(f"max_new_tokens must be at least 1 (got {self.max_new_tokens})")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise DGPOError(f"seed must be in [0, 2**63) (got {self.seed})")
+
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
@@ -33,11 +45,13 @@ class SamplingParams:
 @dataclass
 class Completion:
     """One generation. ``token_ids`` are the sampled ids (None for text-only backends) and
-    ``logprobs`` their log-probabilities under the sampling distribution when the backend reports them."""
+    ``logprobs`` their log-probabilities under the sampling distribution when the backend reports them.
+    ``overflow``: the context did not fit the model's window, so nothing was generated."""
 
     text: str
     token_ids: list[int] | None = None
     logprobs: list[float] | None = None
+    overflow: bool = False
 
 
 @dataclass

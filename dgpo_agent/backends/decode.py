@@ -1,8 +1,8 @@
 """Batched decoding that drops rows from the batch as they finish.
 
 ``model.generate`` decodes until the batch's longest row stops: finished rows keep decoding padding,
-so every agent turn costs as many full-batch steps as its straggler. In a 64-question rollout that was
-242 full-batch steps for tokens one plain batch emits in 87. This loop evicts finished rows from the
+so every agent turn costs as many full-batch steps as its straggler (bench/README.md, rl_overhead).
+This loop evicts finished rows from the
 batch, the attention mask and the KV cache (as vLLM's continuous batching retires sequences), and
 stops as soon as none is left. Eviction waits until a quarter of the rows have finished, so a large
 cache is copied a few times per turn, not once per row.
@@ -116,8 +116,8 @@ def _sample(logits: torch.Tensor, warp: LogitsProcessorList | None, sequences: t
 
 def _draw(probs: torch.Tensor) -> torch.Tensor:
     """One token per row by inverting the cumulative distribution with one uniform number per row.
-    ``torch.multinomial`` draws a random number per vocabulary entry: on CPU that was a quarter of a
-    rollout (15 ms per step for 64 rows × 12k tokens, against 0.7 ms here). Float64 keeps the sums
+    ``torch.multinomial`` draws a random number per vocabulary entry, which on CPU cost more than the
+    rest of the sampling step (bench/README.md, rl_overhead). Float64 keeps the sums
     exact enough for a 150k vocabulary; zero-probability tokens (cut by top-p) are never drawn."""
     cdf = probs.double().cumsum(dim=-1)
     u = torch.rand((probs.shape[0], 1), dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]

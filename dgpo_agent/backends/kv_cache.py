@@ -1,8 +1,8 @@
 """A transformers ``DynamicCache`` that grows in place.
 
 ``DynamicCache`` concatenates every decoding step's keys and values onto the whole cache, so a turn
-of ``n`` tokens over a context of ``L`` copies the cache ``n`` times: on CPU that copy was 30% of an
-agent rollout's time, more than attention itself. This cache writes each step into spare capacity
+of ``n`` tokens over a context of ``L`` copies the cache ``n`` times, and on CPU that copy cost an
+agent rollout more than attention itself (bench/README.md, KV cache). This cache writes each step into spare capacity
 (doubling when full) and hands attention a view, so a step copies only its own states.
 
 Imported only by the transformers backend (it imports transformers at module level).

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from dgpo_agent.backends import TokenPolicy
-from dgpo_agent.backends.base import Completion, Context, SamplingParams
+from dgpo_agent.backends.base import Completion, SamplingParams
 from dgpo_agent.errors import DGPOError
 
 if TYPE_CHECKING:
@@ -68,29 +68,43 @@ class TransformersPolicy(TokenPolicy):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        from safetensors import SafetensorError
+
+        try:
+            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError:
+            raise DGPOError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise DGPOError(f"device {device} asked for, but no CUDA device is visible: use cpu")
         dtype = _resolve_dtype(dtype, device)
         try:
             tok = AutoTokenizer.from_pretrained(tokenizer or path_or_name)
             model = AutoModelForCausalLM.from_pretrained(path_or_name, dtype=dtype)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
             if Path(path_or_name).exists():
-                raise DGPOError(f"cannot load model from '{path_or_name}': {str(err).splitlines()[0]}") from err
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise DGPOError(f"cannot load model from '{path_or_name}': {first}: re-save or re-download the checkpoint") from None
             raise DGPOError(
                 f"model '{path_or_name}' not found: pass a checkpoint directory, a Hugging Face model name, "
                 "or a server URL"
-            ) from err
+            ) from None
+        rows = model.get_input_embeddings().num_embeddings
+        if len(tok) > rows:
+            raise DGPOError(
+                f"the tokenizer of '{tokenizer or path_or_name}' has {len(tok)} tokens but the model only {rows} embeddings: "
+                "pass the tokenizer the model was trained with"
+            )
         return cls(model.to(device).eval(), tok)
 
-    def generate(self, contexts: Sequence[Context], params: SamplingParams) -> list[Completion]:
-        """Continue every context in one batch."""
-        if not contexts:
-            return []
+    def window(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def continue_rows(self, rows: list[list[int]], params: SamplingParams) -> list[Completion]:
+        """Continue every id row in one batch."""
         import torch
 
         from dgpo_agent.backends.decode import decode
 
-        rows = self.rows(contexts, params.max_new_tokens, getattr(self.model.config, "max_position_embeddings", None))
         with self._lock, torch.no_grad(), _seeded(params.seed, self.device):
             input_ids, attention_mask, cache = self._inputs(rows)
             ids, logprobs = decode(self.model, input_ids, attention_mask, cache, params, self.eos_ids, self.tokenizer)

@@ -7,10 +7,10 @@ training sees is exactly what was sampled. vLLM is an optional extra and is impo
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Sequence
+from typing import Any
 
 from dgpo_agent.backends import TokenPolicy
-from dgpo_agent.backends.base import Completion, Context, SamplingParams
+from dgpo_agent.backends.base import Completion, SamplingParams
 from dgpo_agent.errors import DGPOError
 
 
@@ -51,13 +51,13 @@ class VLLMPolicy(TokenPolicy):
         self.llm = vllm.LLM(model=model, tokenizer=tokenizer, **engine_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
 
-    def generate(self, contexts: Sequence[Context], params: SamplingParams) -> list[Completion]:
-        """Continue every context in one ``LLM.generate`` call (outputs come back in prompt order)."""
-        if not contexts:
-            return []
+    def window(self) -> int | None:
+        return self.llm.llm_engine.model_config.max_model_len
+
+    def continue_rows(self, rows: list[list[int]], params: SamplingParams) -> list[Completion]:
+        """Continue every id row in one ``LLM.generate`` call (outputs come back in prompt order)."""
         import vllm
 
-        rows = self.rows(contexts, params.max_new_tokens, self.llm.llm_engine.model_config.max_model_len)
         prompts = [{"prompt_token_ids": ids} for ids in rows]
         outputs = self.llm.generate(prompts, vllm.SamplingParams(**sampling_kwargs(params)), use_tqdm=False)
         return [_completion(out.outputs[0]) for out in outputs]

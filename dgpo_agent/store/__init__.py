@@ -24,6 +24,7 @@ __all__ = [
     "LangChainRetrieverAdapter",
     "Retriever",
     "index_corpus",
+    "is_url",
     "open_retriever",
     "read_corpus",
 ]
@@ -42,6 +43,11 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def is_url(location: str | Path) -> bool:
+    """Whether a store location names a Chroma server rather than a local directory."""
+    return str(location).startswith(("http://", "https://"))
 
 
 @runtime_checkable

@@ -8,6 +8,7 @@ an ONNX model, and a second embedding model would silently put the index in anot
 from __future__ import annotations
 
 import json
+import shutil
 from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -20,14 +21,17 @@ from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColum
 
 from dgpo_agent.errors import DGPOError
 from dgpo_agent.state import Doc
+from dgpo_agent.store import is_url
 from dgpo_agent.store.corpus import read_corpus
 from dgpo_agent.store.embeddings import Embedder
 
 EMBEDDER_KEY = "dgpo_embedder"  # collection metadata: the JSON of Embedder.describe()
 # The HNSW settings a store may be built with. ef_construction and max_neighbors shape the graph when
 # it is built; ef_search, the candidates kept per query, can change on an existing store. Chroma's
-# defaults (100 / 100 / 16) gave recall@3 0.995 against exact search on the tiny world; 200 / 200 / 32
-# gave 0.9995 at +75% query time.
+# defaults miss a few of the exact nearest neighbours; larger values miss fewer, at some query time
+# (bench/README.md).
+CHROMA_FILE = "chroma.sqlite3"  # what a local Chroma store holds: a folder without it is no store
+CONTENT_KEY = "sha256"  # passage metadata: the hash of the title and text it was embedded from
 HNSW_BUILD = ("ef_construction", "max_neighbors")
 HNSW_KEYS = (*HNSW_BUILD, "ef_search")
 
@@ -36,11 +40,6 @@ def _settings() -> Settings:
     """Fresh settings per client: chromadb's HttpClient writes the server's address into the Settings it
     is given, so one shared object would send every later local store to that server."""
     return Settings(anonymized_telemetry=False)
-
-
-def is_url(location: str | Path) -> bool:
-    """Whether a store location names a Chroma server rather than a local directory."""
-    return str(location).startswith(("http://", "https://"))
 
 
 def _index_hint(location: str) -> str:
@@ -64,7 +63,7 @@ def _connect(location: str, must_exist: bool) -> Any:
                 "or fix the URL"
             ) from exc
     path = Path(location).expanduser()
-    if must_exist and not path.is_dir():
+    if must_exist and not (path / CHROMA_FILE).is_file():
         raise DGPOError(f"no store at {location}: {_index_hint(location)}")
     path.mkdir(parents=True, exist_ok=True)
     return chromadb.PersistentClient(path=str(path), settings=_settings())
@@ -82,6 +81,27 @@ def _unique(batch: list[dict]) -> list[dict]:
     for record in batch:
         first.setdefault(record["id"], record)
     return list(first.values())
+
+
+def content_hashes(records: Iterable[dict]) -> tuple[dict[str, str], int]:
+    """Each id's content hash, and how many records repeat an earlier one exactly; refuses ids that come
+    with two different texts."""
+    import hashlib
+
+    hashes: dict[str, str] = {}
+    conflicts: list[str] = []
+    duplicates = 0
+    for record in records:
+        digest = hashlib.sha256(f"{record['title']}\n{record['text']}".encode()).hexdigest()
+        if record["id"] in hashes:
+            duplicates += 1
+            if hashes[record["id"]] != digest:
+                conflicts.append(record["id"])
+        hashes.setdefault(record["id"], digest)
+    if conflicts:
+        shown = ", ".join(repr(i) for i in dict.fromkeys(conflicts[:5]))
+        raise DGPOError(f"the corpus gives {len(set(conflicts))} id(s) two different texts ({shown}): give every passage its own id")
+    return hashes, duplicates
 
 
 def passage_text(record: dict) -> str:
@@ -120,6 +140,7 @@ class ChromaStore:
     ) -> None:
         self.location = str(location)
         self.name = collection
+        self.last_ingest: dict[str, int] | None = None  # what the last ``index_corpus`` did to the store
         hnsw = _check_hnsw(hnsw or {})
         self._client = _connect(self.location, must_exist)
         self._collection = self._get() if must_exist else self._get_or_create(embedder or Embedder(), hnsw)
@@ -187,32 +208,64 @@ class ChromaStore:
 
     # ------------------------------------------------------------------------------------- writing
 
-    def ingest(self, records: Iterable[dict], batch_size: int = 256, progress: bool = True) -> int:
-        """Add the records whose ids are not in the store yet; returns how many were added.
+    def ingest(
+        self, records: Iterable[dict], batch_size: int = 256, progress: bool = True, hashes: tuple[dict[str, str], int] | None = None
+    ) -> dict[str, int]:
+        """Make the store hold exactly ``records``: add the passages it lacks, re-embed those whose title
+        or text changed, and remove those the records no longer have. Returns the counts (``added``,
+        ``updated``, ``removed``, ``duplicates``: records repeating an earlier one exactly, skipped).
 
-        Safe to re-run after an interruption: each batch first asks which of its ids exist and embeds only
-        the others, so a re-run finishes the job without duplicates or re-embedding.
+        Safe to re-run after an interruption: each batch first reads what the store holds for its ids
+        and embeds only what is missing or changed. Records repeating an id with another text are
+        refused, naming the ids, before the store is touched. ``hashes`` (what ``content_hashes`` says of
+        the same records) lets a caller stream the records in a second pass instead of holding them.
         """
+        if hashes is None:
+            records = list(records)
+            hashes = content_hashes(records)
+        hashes, duplicates = hashes
         batch_size = min(batch_size, self._client.get_max_batch_size())
-        added = 0
+        counts = {"added": 0, "updated": 0, "removed": 0, "duplicates": duplicates}
         with _progress(progress) as bar:
-            task = bar.add_task("indexing", total=len(records) if isinstance(records, Sequence) else None, added=0)
+            task = bar.add_task("indexing", total=len(hashes) + duplicates, added=0)
             for batch in _batched(records, batch_size):
-                added += self._add_missing(_unique(batch))
-                bar.update(task, advance=len(batch), added=added)
-        return added
+                added, updated = self._sync(_unique(batch), hashes)
+                counts["added"] += added
+                counts["updated"] += updated
+                bar.update(task, advance=len(batch), added=counts["added"] + counts["updated"])
+        counts["removed"] = self._remove_absent(hashes)
+        return counts
 
-    def _add_missing(self, batch: list[dict]) -> int:
-        existing = set(self._collection.get(ids=[r["id"] for r in batch], include=[])["ids"])
-        new = [r for r in batch if r["id"] not in existing]
-        if new:
-            self._collection.add(
-                ids=[r["id"] for r in new],
-                embeddings=self.embedder.embed_passages([passage_text(r) for r in new]),
-                documents=[r["text"] for r in new],
-                metadatas=[{"title": r["title"]} for r in new],
-            )
-        return len(new)
+    def _sync(self, batch: list[dict], hashes: Mapping[str, str]) -> tuple[int, int]:
+        """Add this batch's new passages and re-embed its changed ones; (added, updated)."""
+        held = self._collection.get(ids=[r["id"] for r in batch], include=["documents", "metadatas"])
+        stored = {i: (d, m or {}) for i, d, m in zip(held["ids"], held["documents"], held["metadatas"])}
+
+        def same(record: dict) -> bool:
+            text, metadata = stored[record["id"]]
+            return metadata.get(CONTENT_KEY, hashes[record["id"]]) == hashes[record["id"]] and text == record["text"] and metadata.get("title") == record["title"]
+
+        new = [r for r in batch if r["id"] not in stored]
+        changed = [r for r in batch if r["id"] in stored and not same(r)]
+        for method, rows in ((self._collection.add, new), (self._collection.upsert, changed)):
+            if rows:
+                method(
+                    ids=[r["id"] for r in rows],
+                    embeddings=self.embedder.embed_passages([passage_text(r) for r in rows]),
+                    documents=[r["text"] for r in rows],
+                    metadatas=[{"title": r["title"], CONTENT_KEY: hashes[r["id"]]} for r in rows],
+                )
+        return len(new), len(changed)
+
+    def _remove_absent(self, keep: Mapping[str, str], page: int = 5000) -> int:
+        """Delete the passages whose ids ``keep`` lacks; how many were deleted."""
+        held: list[str] = []
+        for offset in range(0, self._collection.count(), page):
+            held += self._collection.get(include=[], limit=page, offset=offset)["ids"]
+        gone = [i for i in held if i not in keep]
+        for start in range(0, len(gone), page):
+            self._collection.delete(ids=gone[start : start + page])
+        return len(gone)
 
     # ------------------------------------------------------------------------------------- reading
 
@@ -286,8 +339,23 @@ def index_corpus(
     progress: bool = True,
     hnsw: Mapping[str, int] | None = None,
 ) -> ChromaStore:
-    """Index (or finish indexing) a JSONL corpus into a store and return the store."""
-    records = read_corpus(corpus_path)
-    store = ChromaStore(location, collection, embedder, hnsw=hnsw)
-    store.ingest(records, batch_size=batch_size, progress=progress)
+    """Index a JSONL corpus into a store (or bring an existing store in line with it: see ``ingest``) and
+    return the store, with the counts of the last ingest as ``store.last_ingest``. The corpus is read and
+    checked before the store is opened, and a store this call created is removed if indexing fails."""
+    if batch_size < 1:
+        raise DGPOError(f"batch_size must be at least 1 (got {batch_size})")
+    hashes = content_hashes(read_corpus(corpus_path))  # every record read and checked before the store is opened
+    if not hashes[0]:
+        raise DGPOError(f"corpus {corpus_path} holds no passages: pass a JSONL file with at least one record")
+    folder = None if is_url(location) else Path(location).expanduser()
+    if folder is not None and folder.is_dir() and any(folder.iterdir()) and not (folder / CHROMA_FILE).is_file():
+        raise DGPOError(f"{location} is a folder that holds no Chroma store: pass a new or empty folder for the store")
+    created = folder is not None and not folder.exists()
+    try:
+        store = ChromaStore(location, collection, embedder, hnsw=hnsw)
+        store.last_ingest = store.ingest(read_corpus(corpus_path), batch_size=batch_size, progress=progress, hashes=hashes)
+    except BaseException:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return store

@@ -32,9 +32,13 @@ def read_corpus(path: str | Path) -> Iterator[dict]:
 
 def _records(path: Path) -> Iterator[dict]:
     with path.open(encoding="utf-8") as lines:
-        for lineno, line in enumerate(lines, 1):
-            if line.strip():
-                yield _parse(line, path, lineno)
+        lineno = 0
+        try:
+            for lineno, line in enumerate(lines, 1):
+                if line.strip():
+                    yield _parse(line, path, lineno)
+        except UnicodeDecodeError as err:
+            raise DGPOError(f"{path}, after line {lineno}: not UTF-8 text ({err.reason}): convert the corpus to UTF-8") from None
 
 
 def _parse(line: str, path: Path, lineno: int) -> dict:

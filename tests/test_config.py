@@ -1,0 +1,121 @@
+"""Settings are checked before anything acts on them: a config with a wrong type, an unknown key or an
+out-of-range value is refused with one line naming the key, and an existing run is left as it was."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from dgpo_agent.cli import app
+from dgpo_agent.errors import DGPOError
+from dgpo_agent.training.config import PipelineConfig, load_config
+
+SECTIONS = {f.name: typing.get_type_hints(PipelineConfig)[f.name] for f in dataclasses.fields(PipelineConfig) if dataclasses.is_dataclass(typing.get_type_hints(PipelineConfig)[f.name])}
+# Values of the wrong type for a field of each annotated type.
+WRONG_TYPE = {
+    int: ["twelve", 1.5, [1, 2], {"a": 1}, True],
+    float: ["fast", [0.1], {"a": 1}, float("nan"), float("inf"), False],
+    str: [5, 1.5, ["a"], {"a": 1}, True],
+    bool: ["maybe", 2, [True]],
+}
+# Values of the right type that no run may take.
+OUT_OF_RANGE = [
+    ("world", "size", "bogus"), ("world", "seed", -1), ("store", "collection", "x"), ("store", "batch_size", 0),
+    ("store", "ef_search", -5), ("agent", "max_turns", 0), ("agent", "top_k", -3), ("tokenizer", "vocab_size", 10),
+    ("base", "student_steps", 0), ("base", "copy_fraction", 1.5), ("teacher", "steps", 0), ("teacher", "lr", -1.0),
+    ("teacher", "precision", "fp8"), ("tgo", "samples_per_question", 0), ("tgo", "top_p", 0.0), ("tgo", "questions", 0),
+    ("cold_start", "lm_fraction", 1.0), ("cold_start", "warmup_steps", -1), ("cold_start", "scheduler", "sawtooth"),
+    ("rl", "method", "reinforce"), ("rl", "baselines", ["dgpo", "sft"]), ("rl", "max_steps", -1), ("rl", "group_size", 0),
+    ("rl", "top_p", 2.0), ("rl", "guidance", "prompt"), ("rl", "kl_on", "some"), ("rl", "temperature", 0.0),
+    ("rl", "warmup_ratio", 3.0), ("eval", "questions", 0), ("eval", "max_new_tokens", -1),
+]
+
+
+def field_type(section: str, name: str) -> type:
+    """The plain type behind a field's annotation (``int | None`` → int)."""
+    kind = typing.get_type_hints(SECTIONS[section])[name]
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    base = args[0] if args else kind
+    return typing.get_origin(base) or base
+
+
+@st.composite
+def bad_entries(draw):
+    """One (section, key, value) that no config may hold: a wrong type, an unknown key or an out-of-range value."""
+    kind = draw(st.sampled_from(["type", "unknown", "range"]))
+    if kind == "range":
+        return draw(st.sampled_from(OUT_OF_RANGE))
+    section = draw(st.sampled_from(sorted(SECTIONS)))
+    if kind == "unknown":
+        return section, draw(st.sampled_from(["lr_typo", "max_turn", "stepz", "colour"])), draw(st.integers())
+    names = [f.name for f in dataclasses.fields(SECTIONS[section]) if field_type(section, f.name) in WRONG_TYPE]
+    name = draw(st.sampled_from(names))
+    return section, name, draw(st.sampled_from(WRONG_TYPE[field_type(section, name)]))
+
+
+@st.composite
+def bad_documents(draw) -> dict:
+    """A config document holding at least one bad entry, sometimes among valid ones, or a section that is
+    not a mapping."""
+    doc: dict = {}
+    if draw(st.booleans()):
+        doc["agent"] = {"top_k": 3}
+        doc["rl"] = {"max_steps": 2}
+    if draw(st.integers(0, 9)) == 0:
+        doc[draw(st.sampled_from(sorted(SECTIONS)))] = draw(st.sampled_from([5, "text", [1, 2]]))
+        return doc
+    for section, name, value in draw(st.lists(bad_entries(), min_size=1, max_size=3)):
+        doc.setdefault(section, {})[name] = value
+    return doc
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def existing_run(tmp_path_factory) -> Path:
+    """A run folder as a finished run leaves it (contents stand in for the real files)."""
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    for name in ("world/corpus.jsonl", "world/chroma/chroma.sqlite3", "tgo/train.jsonl", "cold_start/kd/model.safetensors",
+                 "rl/dgpo/final/model.safetensors", ".stages/world.json", "config.json", "report.md"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(name)
+    return run
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(doc=bad_documents())
+def test_no_bad_config_touches_an_existing_run(existing_run, tmp_path_factory, doc):
+    before = snapshot(existing_run)
+    path = tmp_path_factory.getbasetemp() / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(app, ["train", "--config", str(path), "--out", str(existing_run)])
+    assert isinstance(result.exception, DGPOError), (doc, result.output)
+    assert "\n" not in str(result.exception)
+    assert snapshot(existing_run) == before
+
+
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({"world": {"size": "bogus"}}, "world.size must be one of default, small (got 'bogus')"),
+        ({"world": {"seed": [1, 2]}}, "world.seed must be an integer, not [1, 2]"),
+        ({"world": {"seed": 1.5}}, "world.seed must be an integer, not 1.5"),
+        ({"rl": {"baselines": "ppo"}}, "rl.baselines must be a list of strings, not 'ppo'"),
+        ({"rl": {"lr": 1e-4}}, "unknown setting(s) rl.lr: the valid ones in rl are"),
+        ({"store": 5}, "store must be a mapping of settings, not 5"),
+    ],
+)
+def test_a_bad_setting_is_named_with_the_fix(doc, message):
+    with pytest.raises(DGPOError) as err:
+        load_config("tiny", overrides=doc)
+    assert str(err.value).startswith(message)

@@ -1,0 +1,143 @@
+"""``RLConfig``: every setting of the RL trainer (``training.rl``), and the RL methods the pipeline
+names (``dgpo``, ``ppo``, ``grpo``, ``gkd``) as settings of it.
+
+Defaults are the reference recipe (the paper's ``scripts/train_dgpo.sh`` and veRL's yaml); presets
+(``training.config``) override them for other scales. Importing this module is cheap: no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dgpo_agent.errors import DGPOError
+
+FROM_BASE = "-from-base"  # a method name with this suffix starts from the base student, not the cold start
+# What each method trains, as the RLConfig settings it fixes. DGPO is PPO with the teacher's term on the
+# rollouts ``kl_on`` picks (wrong ones by default); GKD is the teacher's term alone on every rollout.
+RL_METHODS: dict[str, dict[str, str]] = {
+    "dgpo": {"algorithm": "ppo"},
+    "ppo": {"algorithm": "ppo", "kl_on": "none"},
+    "grpo": {"algorithm": "grpo", "kl_on": "none"},
+    "gkd": {"algorithm": "gkd", "kl_on": "all"},
+}
+
+
+@dataclass
+class RLConfig:
+    """RL settings, defaulting to the reference recipe (``scripts/train_dgpo.sh``, veRL's yaml), except
+    for the teacher's term: the default is a KL loss over the vocabulary, chosen on dev questions (the
+    best dev EM of the three forms, and unlike the reward form it cannot be lowered by answering short;
+    the runs are in bench/README.md, "The RL rework"); the reference code's form is
+    ``guidance: reward, beta: 0.001, kl_estimator: k1``.
+
+    Batch sizes are per process, as in TRL: a step rolls out ``rollout_batch_size`` prompts ×
+    ``group_size`` rollouts on every process, and ``accelerate launch`` multiplies that by the number
+    of processes (the paper: 512 prompts, 1 rollout each, mini-batch 256 → ``num_minibatches`` 2).
+
+    The teacher term (``beta``, on the rollouts ``kl_on`` picks) enters as ``guidance`` says:
+    ``reward``, the reference code's, subtracts β·kl_t from each token's reward, so the return sums it
+    over every later token and a rollout lowers its penalty by being short; ``advantage`` subtracts
+    β·kl_t from that token's advantage alone (on-policy distillation's per-token signal, which no
+    length can game); ``loss`` adds β·KL_t(π_θ ‖ π_T), differentiated through the policy, to the loss.
+    """
+
+    output_dir: str = field(default="runs/rl", metadata={"help": "checkpoints, metrics.jsonl and the final policy"})
+    algorithm: Literal["ppo", "grpo", "gkd"] = field(
+        default="ppo",
+        metadata={"help": "ppo: value model + GAE (the paper); grpo: group-relative, critic-free; gkd: the teacher term alone, no task reward (on-policy distillation)"},
+    )
+    beta: float = field(default=1.0, metadata={"help": "weight of the teacher term (the reference code's: 0.001, in the reward)"})
+    guidance: Literal["reward", "advantage", "loss"] = field(default="loss", metadata={"help": "where the teacher term enters: each token's reward (the reference code), its advantage, or the loss"})
+    kl_on: Literal["wrong", "all", "none"] = field(default="wrong", metadata={"help": "which rollouts get the teacher term: score < reward_threshold (DGPO), all, none"})
+    kl_estimator: Literal["k1", "k3", "full"] = field(default="full", metadata={"help": "the exact full-vocabulary KL, k1 = log π_θ − log π_T (the reference code's) or k3"})
+    reward_threshold: float = field(default=0.1, metadata={"help": "rollouts scoring below this count as wrong"})
+    learning_rate: float = field(default=1e-6, metadata={"help": "policy learning rate"})
+    critic_learning_rate: float = field(default=1e-5, metadata={"help": "value-model learning rate"})
+    warmup_ratio: float = field(default=0.285, metadata={"help": "policy warm-up, as a share of max_steps (then constant)"})
+    critic_warmup_ratio: float = field(default=0.015, metadata={"help": "value-model warm-up, as a share of max_steps"})
+    critic_warmup_steps: int = field(default=0, metadata={"help": "first steps that train only the value model (veRL's critic_warmup)"})
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    clip_range: float = field(default=0.2, metadata={"help": "PPO ratio clip ε"})
+    value_clip_range: float = field(default=0.5, metadata={"help": "value clip around the rollout-time values"})
+    entropy_coef: float = field(default=0.001, metadata={"help": "entropy bonus in the policy loss"})
+    gamma: float = 1.0
+    lam: float = 1.0
+    scale_group_rewards: bool = field(default=True, metadata={"help": "GRPO: divide by the group's reward std"})
+    rollout_batch_size: int = field(default=512, metadata={"help": "prompts per process per step"})
+    group_size: int = field(default=1, metadata={"help": "rollouts per prompt (GRPO needs at least 2)"})
+    ppo_epochs: int = 1
+    num_minibatches: int = field(default=2, metadata={"help": "optimizer steps per epoch over one step's rollouts"})
+    micro_batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
+    max_steps: int = field(default=1000, metadata={"help": "RL steps (0: none)"})
+    save_every: int = 50
+    eval_every: int = field(default=0, metadata={"help": "steps between evaluations of the policy (0: none; needs an evaluate function)"})
+    save_total_limit: int | None = field(default=2, metadata={"help": "checkpoints kept (None: all)"})
+    seed: int = 0
+    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature (log-probs use the same)"})
+    max_new_tokens: int = field(default=500, metadata={"help": "token budget of one rollout turn"})
+    top_p: float = field(default=1.0, metadata={"help": "rollout nucleus (log-probs use the same truncated distribution)"})
+    precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={"help": "bf16: autocast forwards on float32 master weights (GPU)"})
+    shift_rollouts: int = field(default=32, metadata={"help": "rollouts the post-update approx-KL is measured on (0: all)"})
+    stall_kl: float = field(default=1e-4, metadata={"help": "approx-KL below which a step counts as not moving the policy"})
+    stall_steps: int = field(default=5, metadata={"help": "consecutive such steps before the log says the policy is not moving (0: never)"})
+
+    def __post_init__(self) -> None:
+        choices = {
+            "algorithm": ("ppo", "grpo", "gkd"), "guidance": ("reward", "advantage", "loss"), "precision": ("fp32", "bf16"),
+            "kl_on": ("wrong", "all", "none"), "kl_estimator": ("k1", "k3", "full"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise DGPOError(f"{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+        positive = ("rollout_batch_size", "group_size", "ppo_epochs", "num_minibatches", "micro_batch_size", "save_every", "max_new_tokens")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise DGPOError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.beta < 0 or self.temperature <= 0:
+            raise DGPOError(f"beta must be >= 0 and temperature > 0 (got beta={self.beta}, temperature={self.temperature})")
+        if not 0 < self.top_p <= 1:
+            raise DGPOError(f"top_p must be in (0, 1] (got {self.top_p})")
+        if self.algorithm == "grpo" and self.group_size < 2:
+            raise DGPOError(f"grpo needs group_size >= 2 to form a baseline (got {self.group_size})")
+        if self.algorithm == "gkd" and (self.kl_on == "none" or self.beta == 0):
+            raise DGPOError("gkd learns from the teacher term alone: set beta > 0 and kl_on to all (or wrong)")
+        if self.guidance == "loss" and self.kl_estimator == "k1":
+            raise DGPOError("guidance: loss needs kl_estimator full or k3: k1's gradient is zero in expectation")
+        if self.num_minibatches > self.rollout_batch_size * self.group_size:
+            raise DGPOError(f"num_minibatches={self.num_minibatches} exceeds the {self.rollout_batch_size * self.group_size} rollouts per step")
+        for name in ("max_steps", "critic_warmup_steps", "stall_steps", "seed", "eval_every", "shift_rollouts"):
+            if getattr(self, name) < 0:
+                raise DGPOError(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise DGPOError(f"save_total_limit must be at least 1 or null (got {self.save_total_limit})")
+        if not 0 <= self.warmup_ratio <= 1 or not 0 <= self.critic_warmup_ratio <= 1:
+            raise DGPOError(f"warmup_ratio and critic_warmup_ratio must be in [0, 1] (got {self.warmup_ratio}, {self.critic_warmup_ratio})")
+        if not (self.learning_rate >= 0 and self.critic_learning_rate >= 0 and self.clip_range > 0 and self.max_grad_norm > 0):
+            raise DGPOError("learning rates must be >= 0, and clip_range and max_grad_norm above 0")
+        if self.critic_warmup_steps and not self.uses_critic:
+            raise DGPOError(f"critic_warmup_steps needs a value model: {self.algorithm} has none (use 0)")
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.algorithm == "ppo"
+
+    @property
+    def guided(self) -> bool:
+        """Whether the teacher's term is used (a teacher must then be given)."""
+        return self.beta > 0 and self.kl_on != "none"
+
+    def for_method(self, method: str, **changes: object) -> RLConfig:
+        """These settings as ``method`` trains them (``-from-base`` only changes where it starts), as a
+        plain ``RLConfig`` (a subclass's own fields, such as the pipeline's, are left behind)."""
+        check_method(method)
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(RLConfig)}
+        return RLConfig(**{**own, **RL_METHODS[method.removesuffix(FROM_BASE)], **changes})
+
+
+def check_method(method: str) -> None:
+    if method.removesuffix(FROM_BASE) not in RL_METHODS:
+        choices = ", ".join([*RL_METHODS, *(m + FROM_BASE for m in RL_METHODS)])
+        raise DGPOError(f"unknown RL method {method!r}: choose from {choices}")
