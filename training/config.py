@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dgpo_agent.errors import DGPOError
+from dgpo_agent.training.checks import at_least, fraction, one_of, positive
 from dgpo_agent.training.rl_config import RLConfig, check_method
 from dgpo_agent.training.tgo import TGOConfig
 
@@ -32,8 +33,8 @@ class WorldSettings:
     def __post_init__(self) -> None:
         from dgpo_agent.world.kb import PRESETS as SIZES
 
-        _one_of("world.size", self.size, SIZES)
-        _at_least("world.seed", self.seed, 0)
+        one_of("world.size", self.size, SIZES)
+        at_least("world.seed", self.seed, 0)
 
 
 @dataclass
@@ -51,10 +52,10 @@ class StoreSettings:
     def __post_init__(self) -> None:
         if not (3 <= len(self.collection) <= 512 and all(c.isalnum() or c in "._-" for c in self.collection)):
             raise DGPOError(f"store.collection must be 3-512 characters of letters, digits, . _ or - (got {self.collection!r})")
-        _at_least("store.batch_size", self.batch_size, 1)
+        at_least("store.batch_size", self.batch_size, 1)
         for name, value in self.hnsw().items():
             if value is not None:
-                _at_least(f"store.{name}", value, 1)
+                at_least(f"store.{name}", value, 1)
 
     def hnsw(self) -> dict[str, int | None]:
         """The HNSW parameters as ``ChromaStore`` takes them (None: Chroma's default)."""
@@ -67,8 +68,8 @@ class AgentSettings:
     top_k: int = 3
 
     def __post_init__(self) -> None:
-        _at_least("agent.max_turns", self.max_turns, 1)
-        _at_least("agent.top_k", self.top_k, 1)
+        at_least("agent.max_turns", self.max_turns, 1)
+        at_least("agent.top_k", self.top_k, 1)
 
 
 @dataclass
@@ -76,7 +77,7 @@ class TokenizerSettings:
     vocab_size: int = 12288
 
     def __post_init__(self) -> None:
-        _at_least("tokenizer.vocab_size", self.vocab_size, 512)
+        at_least("tokenizer.vocab_size", self.vocab_size, 512)
 
 
 @dataclass
@@ -93,10 +94,10 @@ class BaseSettings:
 
     def __post_init__(self) -> None:
         for name in ("student_steps", "teacher_steps", "batch_size", "seq_len"):
-            _at_least(f"base.{name}", getattr(self, name), 1)
-        _positive("base.lr", self.lr)
-        _at_least("base.seed", self.seed, 0)
-        _fraction("base.copy_fraction", self.copy_fraction)
+            at_least(f"base.{name}", getattr(self, name), 1)
+        positive("base.lr", self.lr)
+        at_least("base.seed", self.seed, 0)
+        fraction("base.copy_fraction", self.copy_fraction)
 
 
 @dataclass
@@ -117,13 +118,13 @@ class TrainerSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _one_of("precision", self.precision, ("fp32", "bf16"))
-        _one_of("scheduler", self.scheduler, ("cosine", "linear", "constant", "constant_with_warmup"))
+        one_of("precision", self.precision, ("fp32", "bf16"))
+        one_of("scheduler", self.scheduler, ("cosine", "linear", "constant", "constant_with_warmup"))
         for name in ("steps", "batch_size", "save_steps", "save_total_limit", "logging_steps"):
-            _at_least(name, getattr(self, name), 1)
-        _at_least("warmup_steps", self.warmup_steps, 0)
-        _at_least("seed", self.seed, 0)
-        _positive("lr", self.lr)
+            at_least(name, getattr(self, name), 1)
+        at_least("warmup_steps", self.warmup_steps, 0)
+        at_least("seed", self.seed, 0)
+        positive("lr", self.lr)
 
 
 @dataclass
@@ -157,11 +158,11 @@ class ColdStartSettings(TrainerSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("kd_lambda", "ce_weight"):
-            _at_least(f"cold_start.{name}", getattr(self, name), 0)
-        _positive("cold_start.temperature", self.temperature)
-        _fraction("cold_start.lm_fraction", self.lm_fraction, below_one=True)
-        _at_least("cold_start.eval_every", self.eval_every, 0)
-        _at_least("cold_start.eval_questions", self.eval_questions, 1)
+            at_least(f"cold_start.{name}", getattr(self, name), 0)
+        positive("cold_start.temperature", self.temperature)
+        fraction("cold_start.lm_fraction", self.lm_fraction, below_one=True)
+        at_least("cold_start.eval_every", self.eval_every, 0)
+        at_least("cold_start.eval_questions", self.eval_questions, 1)
 
 
 @dataclass
@@ -185,8 +186,8 @@ class RLStageConfig(RLConfig):
         for method in (self.method, *self.baselines):
             check_method(method)
         if self.questions is not None:
-            _at_least("rl.questions", self.questions, 1)
-        _at_least("rl.eval_questions", self.eval_questions, 1)
+            at_least("rl.questions", self.questions, 1)
+        at_least("rl.eval_questions", self.eval_questions, 1)
 
     def methods(self) -> list[str]:
         """The main method and each baseline, once each, in that order."""
@@ -205,7 +206,7 @@ class EvalSettings:
     def __post_init__(self) -> None:
         for name in ("questions", "base_questions", "max_new_tokens"):
             if getattr(self, name) is not None:
-                _at_least(f"eval.{name}", getattr(self, name), 1)
+                at_least(f"eval.{name}", getattr(self, name), 1)
 
 
 @dataclass
@@ -242,7 +243,7 @@ class PipelineConfig:
     eval: EvalSettings = field(default_factory=EvalSettings)
 
     def __post_init__(self) -> None:
-        _one_of("starting_point", self.starting_point, ("shipped", "scratch"))
+        one_of("starting_point", self.starting_point, ("shipped", "scratch"))
 
     def fingerprint(self, *sections: str, leave_out: tuple[str, ...] = ()) -> str:
         """A short hash of the named sections, so a stage re-runs only when its inputs change;
@@ -278,26 +279,6 @@ class RLRunFile:
 def load_run_file(path: Path) -> RLRunFile:
     """A standalone RL run file, read and checked like a pipeline config."""
     return build(RLRunFile, read_yaml(path, "--config"))
-
-
-def _one_of(key: str, value: Any, allowed: Any) -> None:
-    if value not in allowed:
-        raise DGPOError(f"{key} must be one of {', '.join(map(str, allowed))} (got {value!r})")
-
-
-def _at_least(key: str, value: float, low: float) -> None:
-    if value < low:
-        raise DGPOError(f"{key} must be at least {low} (got {value!r})")
-
-
-def _positive(key: str, value: float) -> None:
-    if not value > 0:
-        raise DGPOError(f"{key} must be above 0 (got {value!r})")
-
-
-def _fraction(key: str, value: float, below_one: bool = False) -> None:
-    if not (0 <= value < 1 if below_one else 0 <= value <= 1):
-        raise DGPOError(f"{key} must be in [0, {'1)' if below_one else '1]'} (got {value!r})")
 
 
 def _plain(value: Any) -> Any:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dgpo_agent.errors import DGPOError
+from dgpo_agent.training.checks import at_least, fraction, one_of, positive
 
 FROM_BASE = "-from-base"  # a method name with this suffix starts from the base student, not the cold start
 # What each method trains, as the RLConfig settings it fixes. DGPO is PPO with the teacher's term on the
@@ -90,16 +91,19 @@ class RLConfig:
             "kl_on": ("wrong", "all", "none"), "kl_estimator": ("k1", "k3", "full"),
         }
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise DGPOError(f"{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
-        positive = ("rollout_batch_size", "group_size", "ppo_epochs", "num_minibatches", "micro_batch_size", "save_every", "max_new_tokens")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise DGPOError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        if self.beta < 0 or self.temperature <= 0:
-            raise DGPOError(f"beta must be >= 0 and temperature > 0 (got beta={self.beta}, temperature={self.temperature})")
+            one_of(name, getattr(self, name), allowed)
+        for name in ("rollout_batch_size", "group_size", "ppo_epochs", "num_minibatches", "micro_batch_size", "save_every", "max_new_tokens"):
+            at_least(name, getattr(self, name), 1)
+        for name in ("max_steps", "critic_warmup_steps", "stall_steps", "seed", "eval_every", "shift_rollouts", "beta", "learning_rate", "critic_learning_rate"):
+            at_least(name, getattr(self, name), 0)
+        for name in ("temperature", "clip_range", "max_grad_norm"):
+            positive(name, getattr(self, name))
+        for name in ("warmup_ratio", "critic_warmup_ratio"):
+            fraction(name, getattr(self, name))
         if not 0 < self.top_p <= 1:
             raise DGPOError(f"top_p must be in (0, 1] (got {self.top_p})")
+        if self.save_total_limit is not None:
+            at_least("save_total_limit", self.save_total_limit, 1)
         if self.algorithm == "grpo" and self.group_size < 2:
             raise DGPOError(f"grpo needs group_size >= 2 to form a baseline (got {self.group_size})")
         if self.algorithm == "gkd" and (self.kl_on == "none" or self.beta == 0):
@@ -108,15 +112,6 @@ class RLConfig:
             raise DGPOError("guidance: loss needs kl_estimator full or k3: k1's gradient is zero in expectation")
         if self.num_minibatches > self.rollout_batch_size * self.group_size:
             raise DGPOError(f"num_minibatches={self.num_minibatches} exceeds the {self.rollout_batch_size * self.group_size} rollouts per step")
-        for name in ("max_steps", "critic_warmup_steps", "stall_steps", "seed", "eval_every", "shift_rollouts"):
-            if getattr(self, name) < 0:
-                raise DGPOError(f"{name} must be >= 0 (got {getattr(self, name)})")
-        if self.save_total_limit is not None and self.save_total_limit < 1:
-            raise DGPOError(f"save_total_limit must be at least 1 or null (got {self.save_total_limit})")
-        if not 0 <= self.warmup_ratio <= 1 or not 0 <= self.critic_warmup_ratio <= 1:
-            raise DGPOError(f"warmup_ratio and critic_warmup_ratio must be in [0, 1] (got {self.warmup_ratio}, {self.critic_warmup_ratio})")
-        if not (self.learning_rate >= 0 and self.critic_learning_rate >= 0 and self.clip_range > 0 and self.max_grad_norm > 0):
-            raise DGPOError("learning rates must be >= 0, and clip_range and max_grad_norm above 0")
         if self.critic_warmup_steps and not self.uses_critic:
             raise DGPOError(f"critic_warmup_steps needs a value model: {self.algorithm} has none (use 0)")
 
