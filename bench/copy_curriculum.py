@@ -134,12 +134,13 @@ def evaluate(model, tokenizer, world, n: int, out: Path) -> dict:
     """Greedy test EM per data source through the batched graph; trajectories kept in ``out``."""
     from dgpo_agent.backends.transformers import TransformersPolicy
     from dgpo_agent.store import ChromaStore
-    from dgpo_agent.training.evaluate import evaluate_policy, greedy_config
+    from dgpo_agent.training.config import AgentSettings
+    from dgpo_agent.training.evaluate import evaluate_policy
     from dgpo_agent.world import load_questions
 
     records = load_questions(world.questions("test"))[:n]
     policy, store = TransformersPolicy(model.eval(), tokenizer), ChromaStore(world.store, must_exist=True)
-    return evaluate_policy(policy, records, store, greedy_config(4, 3, 96), out, label="test")
+    return evaluate_policy(policy, records, store, AgentSettings().config(max_new_tokens=96), out, label="test")
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ def plain_generate(trainer, records: list[dict], batch: int, steps: list[dict]) 
     from dgpo_agent.backends.base import Context
     from dgpo_agent.backends.transformers import _left_pad
 
-    policy = trainer.rollout_policy
+    policy = trainer.engine
     tokens, seconds = 0, 0.0
     for i, metrics in enumerate(steps):
         prompts = [policy.prompt(r["question"]) for r in trainer.step_records(i + 2)]

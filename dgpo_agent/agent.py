@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence, TypedDict
 
 from dgpo_agent.backends.base import Policy, SamplingParams
 from dgpo_agent.errors import DGPOError
-from dgpo_agent.protocol import PROTOCOL_VERSION
+from dgpo_agent.protocol import PROTOCOL_VERSION, ChatFormat
 from dgpo_agent.rollout import AgentConfig, check_question, run_batch
 from dgpo_agent.store import is_url
 from dgpo_agent.state import AgentState, Step, transcript
@@ -30,13 +30,16 @@ class AgentRecord:
     """What ``dgpo_agent.json`` beside a checkpoint holds: everything needed to rebuild the agent the
     model was trained as. The store (a local one as an absolute path, so the checkpoint loads from any
     working directory), its collection and the embedder it was indexed with (None: the packaged
-    MiniLM), the turn and document budgets, and the protocol version."""
+    MiniLM), the turn and document budgets, the chat format (``observations`` and ``examples``,
+    ``protocol.ChatFormat``) and the protocol version."""
 
     store: str
     collection: str = "dgpo"
     embedder: str | None = None
     max_turns: int = 4
     top_k: int = 3
+    observations: str = "inline"
+    examples: int = 0
     protocol: str = PROTOCOL_VERSION
 
     def __post_init__(self) -> None:
@@ -65,7 +68,10 @@ class AgentRecord:
 
     def agent_settings(self) -> dict[str, Any]:
         """The ``CompactSearchAgent`` keyword arguments this record fixes."""
-        return {"collection": self.collection, "max_turns": self.max_turns, "top_k": self.top_k}
+        return {
+            "collection": self.collection, "max_turns": self.max_turns, "top_k": self.top_k,
+            "observations": self.observations, "examples": self.examples,
+        }
 
 
 def save_checkpoint(
@@ -128,6 +134,8 @@ class CompactSearchAgent:
         top_p: float = 1.0,
         max_new_tokens: int = 256,
         seed: int | None = None,
+        observations: str = "inline",
+        examples: int = 0,
         checkpointer: Any = None,
         **policy_kwargs: Any,
     ) -> None:
@@ -138,8 +146,9 @@ class CompactSearchAgent:
         if store is None:
             raise DGPOError("no store given: pass a Chroma directory or URL, or a LangChain retriever")
         sampling = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
-        self.config = AgentConfig(max_turns=max_turns, top_k=top_k, sampling=sampling)  # checked before anything loads
-        self.retriever = open_retriever(store, collection)
+        fmt = ChatFormat(observations=observations, examples=examples)
+        self.config = AgentConfig(max_turns=max_turns, top_k=top_k, sampling=sampling, format=fmt)  # checked before anything loads
+        self.retriever = open_retriever(store, collection, device=policy_kwargs.get("device") or "cpu")
         self.policy = resolve_policy(model, **policy_kwargs)
         self.checkpointer = checkpointer
         self._graph = None

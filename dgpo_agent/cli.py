@@ -21,6 +21,12 @@ app = typer.Typer(
 )
 
 DEFAULT_WORLD = Path("dgpo-world")
+OBSERVATIONS_HELP = (
+    "Where retrieved text and corrections go: inline (in the model's own turn, as Search-R1 and every model "
+    "dgpo-agent trains expect) or user (a new user turn: for a chat model that was only prompted)."
+)
+EXAMPLES_HELP = "Worked examples (0-2) shown before the question as earlier chat turns: 2 for a chat model that was only prompted."
+RECORDED = " Default: the checkpoint's, else Search-R1's (inline, 0)."
 
 
 def _check(option: str, value: float | None, low: float, high: float | None = None) -> None:
@@ -57,6 +63,22 @@ def world(
 
 
 @app.command()
+def wikipedia(
+    out: Path = typer.Option(Path("wiki-sample"), help="Directory to write the corpus and the questions (its test split) into."),
+    words: int = typer.Option(100, help="Words per passage (wiki-18 uses 100)."),
+) -> None:
+    """Write a real Wikipedia corpus that ships offline (gensim's sample) and this project's questions about it."""
+    from dgpo_agent import wikipedia as wiki
+    from dgpo_agent.errors import DGPOError
+
+    if out.exists() and not out.is_dir():
+        raise DGPOError(f"--out {out} is a file: pass a directory to write the corpus into")
+    data = wiki.build(out, words=words)
+    typer.echo(f"corpus {data.corpus} and questions {data.questions('test')} written: index with "
+               f"`dgpo-agent index {data.corpus} --store {data.store}`, then `dgpo-agent eval --data {data.questions('test')} ...`")
+
+
+@app.command()
 def index(
     corpus: Path = typer.Argument(..., help="JSONL corpus: {id, contents} (wiki-18) or {id, title, text}."),
     store: str = typer.Option(str(_store_for(DEFAULT_WORLD)), help="Chroma directory, or http://host:port of `chroma run`."),
@@ -65,6 +87,7 @@ def index(
     query_prefix: str = typer.Option("", help="Prefix for queries, e.g. 'query: ' for e5 models."),
     passage_prefix: str = typer.Option("", help="Prefix for passages, e.g. 'passage: ' for e5 models."),
     batch_size: int = typer.Option(256, help="Passages embedded and added per batch."),
+    device: str = typer.Option("cpu", help="Where passages are embedded: cpu, cuda, cuda:N or mps."),
     ef_construction: Optional[int] = typer.Option(None, help="HNSW build-time candidates (Chroma's default 100); fixed at build."),
     max_neighbors: Optional[int] = typer.Option(None, help="HNSW links per node, 'M' (Chroma's default 16); fixed at build."),
     ef_search: Optional[int] = typer.Option(None, help="HNSW query-time candidates (Chroma's default 100); can change later."),
@@ -75,9 +98,11 @@ def index(
     for option, value in (("--batch-size", batch_size), ("--ef-construction", ef_construction), ("--max-neighbors", max_neighbors), ("--ef-search", ef_search)):
         _check(option, value, 1)
 
-    emb = Embedder(embedder, query_prefix=query_prefix, passage_prefix=passage_prefix) if embedder or query_prefix or passage_prefix else None
+    # Given settings define the embedding space; a store that exists keeps its recorded model.
+    space = {"model": embedder, "query_prefix": query_prefix, "passage_prefix": passage_prefix} if embedder or query_prefix or passage_prefix else None
+    emb = Embedder(**space, device=device) if space else None
     hnsw = dict(ef_construction=ef_construction, max_neighbors=max_neighbors, ef_search=ef_search)
-    result = index_corpus(corpus, store, collection=collection, embedder=emb, batch_size=batch_size, hnsw=hnsw)
+    result = index_corpus(corpus, store, collection=collection, embedder=emb, batch_size=batch_size, hnsw=hnsw, device=device)
     done = result.last_ingest
     typer.echo(
         f"store {store} (collection {collection}) holds {result.count()} passages: {done['added']} added, {done['updated']} updated, "
@@ -97,6 +122,8 @@ def ask(
     temperature: float = typer.Option(0.0, help="0 decodes greedily."),
     max_new_tokens: int = typer.Option(256, help="Token budget of one turn."),
     json_output: bool = typer.Option(False, "--json", help="Print the answer, steps and documents as one JSON object (for scripts)."),
+    observations: Optional[str] = typer.Option(None, help=OBSERVATIONS_HELP + RECORDED),
+    examples: Optional[int] = typer.Option(None, help=EXAMPLES_HELP + RECORDED),
 ) -> None:
     """Answer a question, printing each think, search (with its documents) and the answer."""
     from dgpo_agent.agent import AgentRecord
@@ -111,7 +138,8 @@ def ask(
     record = AgentRecord.read(model) if model else None
     store = store or (record.store if record else str(_store_for(DEFAULT_WORLD)))
     agent = _agent(
-        model or policy, store, collection=collection, max_turns=max_turns, top_k=top_k, temperature=temperature, max_new_tokens=max_new_tokens
+        model or policy, store, collection=collection, max_turns=max_turns, top_k=top_k, temperature=temperature,
+        max_new_tokens=max_new_tokens, observations=observations, examples=examples,
     )
     from dgpo_agent.display import print_step
 
@@ -180,24 +208,28 @@ def eval_(
     batch_size: int = typer.Option(256, help="Questions per batched run."),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N questions."),
     backend: Optional[str] = typer.Option(None, help="Engine for checkpoints: transformers (default) or vllm."),
-    device: Optional[str] = typer.Option(None, help="Device for transformers checkpoints, e.g. cpu or cuda."),
+    device: Optional[str] = typer.Option(None, help="Device for transformers checkpoints and the query embedder, e.g. cpu or cuda."),
+    observations: str = typer.Option("inline", help=OBSERVATIONS_HELP),
+    examples: int = typer.Option(0, help=EXAMPLES_HELP),
 ) -> None:
     """Evaluate models on EM and ARC (query rewriting, source referencing, thinking); write JSON, Markdown and charts."""
     from dgpo_agent.backends.base import SamplingParams
     from dgpo_agent.evals.data import load_dataset
     from dgpo_agent.evals.harness import EvalConfig, evaluate_models, model_specs
     from dgpo_agent.evals.report import write_report
+    from dgpo_agent.protocol import ChatFormat
     from dgpo_agent.rollout import AgentConfig
     from dgpo_agent.store import open_retriever
 
     for option, value in (("--max-turns", max_turns), ("--top-k", top_k), ("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size)):
         _check(option, value, 1)
     _check("--limit", limit, 0)
+    sampling = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    agent = AgentConfig(max_turns=max_turns, top_k=top_k, sampling=sampling, format=ChatFormat(observations, examples))
     models = model_specs(model)
     records = load_dataset(data, limit)
-    sampling = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-    config = EvalConfig(AgentConfig(max_turns=max_turns, top_k=top_k, sampling=sampling), batch_size=batch_size)
-    retriever = open_retriever(store or str(_store_for(data.parent)))
+    config = EvalConfig(agent, batch_size=batch_size)
+    retriever = open_retriever(store or str(_store_for(data.parent)), device=device or "cpu")
     options = {k: v for k, v in (("backend", backend), ("device", device)) if v}
     results = evaluate_models(models, records, retriever, config, out, data, **options)
     write_report(results, out)
@@ -218,6 +250,8 @@ def chat(
     max_turns: Optional[int] = typer.Option(None, help="Initial rounds in which a search is executed (default: the checkpoint's, else 4; adjustable in the page)."),
     top_k: Optional[int] = typer.Option(None, help="Initial documents per search (default: the checkpoint's, else 3; adjustable in the page)."),
     temperature: float = typer.Option(0.0, help="Initial temperature, 0 decodes greedily (adjustable in the page)."),
+    observations: Optional[str] = typer.Option(None, help=OBSERVATIONS_HELP + RECORDED),
+    examples: Optional[int] = typer.Option(None, help=EXAMPLES_HELP + RECORDED),
 ) -> None:
     """Open the Gradio chat demo: thoughts, searches and documents stream as steps, the answer is the reply."""
     _check("--port", port, 1, 65535)
@@ -225,7 +259,8 @@ def chat(
     from dgpo_agent.serving.defaults import resolve, world_examples
 
     model, store = resolve(model, store)
-    agent = _agent(model, store, collection=collection, max_turns=max_turns, top_k=top_k, temperature=temperature)
+    agent = _agent(model, store, collection=collection, max_turns=max_turns, top_k=top_k, temperature=temperature,
+                   observations=observations, examples=examples)
     launch(agent, world_examples(store), host=host, port=port, share=share)
 
 

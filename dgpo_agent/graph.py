@@ -27,7 +27,7 @@ def build_graph(policy: Policy, retriever: Any, config: AgentConfig | None = Non
     def think(state: AgentState) -> dict:
         update: dict = {}
         if not state.get("segments"):
-            update = rollout.start(state.get("question", ""), policy)
+            update = rollout.start(state.get("question", ""), policy, config)
             state = {**state, **update}
         completion = policy.generate([rollout.context(state)], rollout.turn_sampling(config.sampling, state["turn"]))[0]
         step = rollout.after_generation(state, completion, config)
@@ -35,7 +35,7 @@ def build_graph(policy: Policy, retriever: Any, config: AgentConfig | None = Non
 
     def search(state: AgentState) -> dict:
         docs = retriever.search([state["pending"]["content"]], config.top_k)[0]
-        return rollout.after_search(state, docs, policy)
+        return rollout.after_search(state, docs, policy, config)
 
     def invalid(state: AgentState) -> dict:
         return rollout.after_invalid(state, policy, config)

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Sequence
 
+from dgpo_agent.errors import DGPOError
 from dgpo_agent.state import Doc
 
 # The version of everything below, recorded beside trained checkpoints: a model speaks the protocol it
@@ -33,11 +34,87 @@ INSTRUCTIONS = (
     "Question: {question}\n"
 )
 
+# Search-R1's correction, with its tags shown empty: the reference wrote "between <search> and
+# </search>", which a model that copies it turns into a search for "and". An empty span never parses.
 CORRECTIVE_OBSERVATION = (
-    "\nMy previous action is invalid. If I want to search, I should put the query between <search> and "
-    "</search>. If I want to give the final answer, I should put the answer between <answer> and "
-    "</answer>. Let me try again.\n"
+    "\nMy previous action is invalid. If I want to search, I should put the query inside <search></search>. "
+    "If I want to give the final answer, I should put the answer inside <answer></answer>. Let me try again.\n"
 )
+
+# The correction as a user turn says it to the model rather than in the model's voice.
+CORRECTION_TO_MODEL = (
+    "Your reply has no valid action. To search, put the query inside <search></search>. "
+    "To give the final answer, put the answer inside <answer></answer>."
+)
+
+OBSERVATIONS: tuple[str, ...] = ("inline", "user")
+
+
+@dataclass(frozen=True)
+class Example:
+    """A worked example of the protocol: a search, the documents it returned (as many as a search
+    returns by default, the first stating the answer), and the answer."""
+
+    question: str
+    search_thought: str
+    query: str
+    documents: tuple[tuple[str, str], ...]  # (title, text)
+    answer_thought: str
+    answer: str
+
+
+# Facts from outside any shipped corpus, so an example never hands the model a test answer.
+EXAMPLES = (
+    Example(
+        "Who wrote the novel Moby-Dick?", "I need to find who wrote Moby-Dick.", "Moby-Dick author",
+        (
+            ("Moby-Dick", "Moby-Dick is an 1851 novel by American writer Herman Melville."),
+            ("Whaling", "Whaling is the hunting of whales for their meat and blubber, which can be turned into oil."),
+            ("Nantucket", "Nantucket is an island off Cape Cod, once the centre of the American whaling industry."),
+        ),
+        "Doc 1 says Herman Melville wrote it.", "Herman Melville",
+    ),
+    Example(
+        "In what year did the Eiffel Tower open?", "I need to find when the Eiffel Tower opened.", "Eiffel Tower opening year",
+        (
+            ("Eiffel Tower", "The Eiffel Tower is a wrought-iron lattice tower in Paris. It opened in 1889 for the World's Fair."),
+            ("Gustave Eiffel", "Gustave Eiffel was a French civil engineer whose company designed and built the tower."),
+            ("Paris", "Paris is the capital and most populous city of France."),
+        ),
+        "Doc 1 says it opened in 1889.", "1889",
+    ),
+)
+
+
+def check_observations(observations: str) -> None:
+    if observations not in OBSERVATIONS:
+        raise DGPOError(f"unknown observations {observations!r}: use one of {', '.join(OBSERVATIONS)}")
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How the protocol is laid out in the model's chat.
+
+    ``observations``: where the environment's text (documents, corrections) goes. ``inline`` keeps it
+    inside the one assistant turn, as Search-R1 trains and serves its models: the default, and what
+    every model this project trains speaks. ``user`` puts it in a new user turn of the chat template,
+    the assistant turn closed first, as a chat model expects. ``examples``: how many worked examples
+    (``EXAMPLES``) precede the question as earlier turns of the chat, laid out the same way. A chat
+    model that was only prompted needs both to search and answer (docs/serving.md, measured).
+    """
+
+    observations: str = "inline"
+    examples: int = 0
+
+    def __post_init__(self) -> None:
+        check_observations(self.observations)
+        if not 0 <= self.examples <= len(EXAMPLES):
+            raise DGPOError(f"examples must be between 0 and {len(EXAMPLES)} (got {self.examples})")
+
+
+def correction(fmt: ChatFormat) -> str:
+    """What the environment says after an invalid action (never itself a parsable action)."""
+    return CORRECTION_TO_MODEL if fmt.observations == "user" else CORRECTIVE_OBSERVATION
 
 
 # ----------------------------------------------------------------------------------------- prompt
@@ -64,17 +141,50 @@ def read_question(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-def render_prompt(question: str, tokenizer: Any | None = None) -> str:
-    """The text the model continues: the instructions in the model's chat template when it has one.
+def render_prompt(question: str, tokenizer: Any | None = None, fmt: ChatFormat = ChatFormat()) -> str:
+    """The text the model continues: the instructions in the model's chat template when it has one,
+    after ``fmt.examples`` worked examples.
 
-    The assistant turn is opened once here; every later step continues that same turn.
+    The assistant turn is opened once here; every later step continues it (``inline``) or follows a new
+    user turn (``user``).
     """
-    content = instructions(question)
+    messages = [m for example in EXAMPLES[: fmt.examples] for m in _example_messages(example, fmt)]
+    messages.append({"role": "user", "content": instructions(question)})
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-        )
-    return content
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return "".join(m["content"] for m in messages)
+
+
+def _example_messages(example: Example, fmt: ChatFormat) -> list[dict[str, str]]:
+    """One worked example as chat messages: the documents in a user turn, or inside the model's turn."""
+    search = f"<think> {example.search_thought} </think>\n<search> {example.query} </search>"
+    found = information([{"id": "", "title": title, "text": text, "score": 0.0} for title, text in example.documents])
+    answer = f"<think> {example.answer_thought} </think>\n<answer> {example.answer} </answer>"
+    if fmt.observations == "user":
+        turns = [("assistant", search), ("user", found.strip()), ("assistant", answer)]
+    else:
+        turns = [("assistant", search + found + answer)]
+    return [{"role": "user", "content": instructions(example.question)}] + [{"role": r, "content": c} for r, c in turns]
+
+
+_MARK = "\x00assistant\x00"  # stands in for the model's turn while the template renders what follows
+
+
+def render_observation(text: str, fmt: ChatFormat, tokenizer: Any | None = None, closed_by: str | None = None) -> str:
+    """The text appended after a model turn for the environment's ``text``.
+
+    ``inline`` observations are ``text`` itself. ``user`` renders it as a user message in ``tokenizer``'s chat
+    template, with everything the template puts between an assistant message and the next assistant
+    turn: the end of the model's turn, the user turn, and the opening of a new assistant turn. When the
+    model already ended its turn with the special token ``closed_by``, that token is not repeated. A
+    tokenizer without a chat template has no turns to open: the text stays inline.
+    """
+    if fmt.observations == "inline" or tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return text
+    messages = [{"role": "user", "content": "?"}, {"role": "assistant", "content": _MARK}, {"role": "user", "content": text.strip()}]
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    tail = rendered[rendered.index(_MARK) + len(_MARK) :]
+    return tail[len(closed_by) :] if closed_by and tail.startswith(closed_by) else tail
 
 
 # ----------------------------------------------------------------------------------------- escaping

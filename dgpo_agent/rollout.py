@@ -15,7 +15,7 @@ from typing import Literal, Sequence
 
 from dgpo_agent.backends.base import Completion, Context, Policy, SamplingParams
 from dgpo_agent.errors import DGPOError
-from dgpo_agent.protocol import CORRECTIVE_OBSERVATION, information, parse_action
+from dgpo_agent.protocol import ChatFormat, correction, information, parse_action
 from dgpo_agent.state import AgentState, Doc, Segment, Step, merge
 
 Route = Literal["search", "answer", "invalid"]
@@ -29,11 +29,14 @@ class AgentConfig:
     ``max_turns`` is the number of rounds in which a search is executed (Search-R1's ``max_turns``);
     a trajectory that has not answered by then gets one last turn in which only an answer counts, so a
     run makes at most ``max_turns + 1`` generations. ``top_k`` documents are returned per search.
+    ``format`` lays the protocol out in the model's chat: where the environment's text goes and how
+    many worked examples come first (``protocol.ChatFormat``; the default is Search-R1's).
     """
 
     max_turns: int = 4
     top_k: int = 3
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    format: ChatFormat = field(default_factory=ChatFormat)
 
     def __post_init__(self) -> None:
         if self.max_turns < 1:
@@ -48,12 +51,12 @@ def check_question(question: object) -> None:
         raise DGPOError("empty question: pass a non-empty question string")
 
 
-def start(question: str, policy: Policy) -> AgentState:
+def start(question: str, policy: Policy, config: AgentConfig) -> AgentState:
     """A fresh state for ``question``, with the policy's rendered prompt as the first segment."""
     check_question(question)
     return {
         "question": question.strip(),
-        "segments": [policy.prompt(question.strip())],
+        "segments": [policy.prompt(question.strip(), config.format)],
         "steps": [],
         "turn": 0,
         "pending": None,
@@ -101,10 +104,9 @@ def route(state: AgentState) -> Route:
     return state["pending"]["kind"]
 
 
-def after_search(state: AgentState, docs: Sequence[Doc], policy: Policy) -> dict:
+def after_search(state: AgentState, docs: Sequence[Doc], policy: Policy, config: AgentConfig) -> dict:
     """The environment's turn after a search: the escaped documents inside ``<information>``."""
-    observation = information(docs)
-    segment: Segment = {"role": "env", "text": observation, "ids": policy.encode(observation)}
+    segment = policy.observe(information(docs), state["segments"][-1], config.format)
     step: Step = {"kind": "search", "turn": state["turn"], "query": state["pending"]["content"], "docs": list(docs)}
     return {"segments": [segment], "steps": [step], "pending": None}
 
@@ -116,7 +118,7 @@ def after_invalid(state: AgentState, policy: Policy, config: AgentConfig) -> dic
     step: Step = {"kind": "invalid", "turn": state["turn"], "text": pending["text"], "reason": pending["reason"]}
     if state["turn"] > config.max_turns or pending["reason"] == OVERFLOW:
         return {"steps": [step], "pending": None, "done": True}
-    segment: Segment = {"role": "env", "text": CORRECTIVE_OBSERVATION, "ids": policy.encode(CORRECTIVE_OBSERVATION)}
+    segment = policy.observe(correction(config.format), state["segments"][-1], config.format)
     return {"segments": [segment], "steps": [step], "pending": None}
 
 
@@ -133,7 +135,7 @@ def run_batch(
     """Run the agent over many questions at once: per turn, one generation call for every unfinished
     trajectory and one retrieval call for every pending search."""
     config = config or AgentConfig()
-    states = [start(q, policy) for q in questions]
+    states = [start(q, policy, config) for q in questions]
     while active := [s for s in states if not s["done"]]:
         # Every unfinished trajectory is at the same turn: they all started together.
         completions = policy.generate([context(s) for s in active], turn_sampling(config.sampling, active[0]["turn"]))
@@ -143,7 +145,7 @@ def run_batch(
         if searching:
             results = retriever.search([s["pending"]["content"] for s in searching], config.top_k)
             for state, docs in zip(searching, results, strict=True):
-                merge(state, after_search(state, docs, policy))
+                merge(state, after_search(state, docs, policy, config))
         for state in active:
             if state["pending"] is not None:
                 kind = route(state)

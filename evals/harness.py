@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 from dgpo_agent.errors import DGPOError
 from dgpo_agent.evals.probes import run_probes
 from dgpo_agent.evals.scoring import aggregate, score
+from dgpo_agent.protocol import ChatFormat
 from dgpo_agent.rollout import AgentConfig, run_batch
 from dgpo_agent.trajectories import CHUNK, append_rows, trajectory_row
 
@@ -37,8 +38,12 @@ class EvalConfig:
             raise DGPOError(f"batch_size must be at least 1 (got {self.batch_size})")
 
     def describe(self) -> dict[str, Any]:
-        """The settings that change results (batch size does not, for a batch-invariant greedy backend)."""
-        return {"max_turns": self.agent.max_turns, "top_k": self.agent.top_k, **asdict(self.agent.sampling)}
+        """The settings that change results (batch size does not, for a batch-invariant greedy backend).
+        A chat format other than Search-R1's is named; records made before the format existed describe
+        the same runs as they did."""
+        fmt = self.agent.format
+        named = {} if fmt == ChatFormat() else asdict(fmt)
+        return {"max_turns": self.agent.max_turns, "top_k": self.agent.top_k, **asdict(self.agent.sampling), **named}
 
 
 def evaluate(
@@ -62,7 +67,7 @@ def evaluate(
 
     def run(chunk: list[dict]) -> list[dict]:
         states = run_batch([r["question"] for r in chunk], policy, retriever, config.agent)
-        probes = run_probes(chunk, policy, retriever, config.agent.sampling)
+        probes = run_probes(chunk, policy, retriever, config.agent)
         rows = [{**trajectory_row(r, s), "probes": p} for r, s, p in zip(chunk, states, probes, strict=True)]
         return [{**row, "scores": score(row, row)} for row in rows]
 

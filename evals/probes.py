@@ -2,7 +2,8 @@
 
 Each probe is one generation. Its context is the question's prompt (as the agent sees it) followed by
 an ``<information>`` block of the record's gold evidence passages, in the record's order and formatted
-exactly like search results, and then the start of the model's turn, forced by the harness:
+and placed exactly like search results (in a user turn after an empty reply, for ``user``
+observations), and then the start of the model's turn, forced by the harness:
 
 * ``no_think`` ("w/o think"): the turn is prefilled with ``<answer>``, so the model must answer at once;
 * ``think`` ("w/ think"): the turn is prefilled with ``<think>``, so the model reasons before answering.
@@ -18,27 +19,29 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from dgpo_agent.backends.base import Context, Policy, SamplingParams
+from dgpo_agent.backends.base import Context, Policy
 from dgpo_agent.errors import DGPOError
-from dgpo_agent.protocol import information, parse_action
+from dgpo_agent.protocol import ChatFormat, information, parse_action
+from dgpo_agent.rollout import AgentConfig
 from dgpo_agent.state import Doc, Segment
 
 PREFILLS = {"no_think": "<answer>", "think": "<think>"}
 _OWN_TURN_RE = re.compile(r"\s*<(think|search|answer)>")
 
 
-def run_probes(records: Sequence[dict], policy: Policy, retriever, sampling: SamplingParams) -> list[dict | None]:
-    """Both probes for every record with gold ``evidence`` (None for the others), in one generation call."""
+def run_probes(records: Sequence[dict], policy: Policy, retriever, config: AgentConfig) -> list[dict | None]:
+    """Both probes for every record with gold ``evidence`` (None for the others), in one generation call,
+    sampled and laid out as the agent's own turns are (``config``)."""
     todo = [r for r in records if r.get("evidence")]
     if not todo:
         return [None] * len(records)
     docs = _evidence(todo, retriever)
     contexts = [
-        _context(record, [docs[e] for e in record["evidence"]], prefill, policy)
+        _context(record, [docs[e] for e in record["evidence"]], prefill, policy, config.format)
         for record in todo
         for prefill in PREFILLS.values()
     ]
-    completions = iter(policy.generate(contexts, sampling))
+    completions = iter(policy.generate(contexts, config.sampling))
     probes = {r["id"]: {mode: parse_turn(PREFILLS[mode], next(completions).text) for mode in PREFILLS} for r in todo}
     return [probes.get(r["id"]) for r in records]
 
@@ -68,11 +71,11 @@ def _evidence(records: Sequence[dict], retriever) -> dict[str, Doc]:
     return dict(zip(ids, retriever.get(ids), strict=True))
 
 
-def _context(record: dict, docs: list[Doc], prefill: str, policy: Policy) -> Context:
-    observation, prompt = information(docs), policy.prompt(record["question"])
+def _context(record: dict, docs: list[Doc], prefill: str, policy: Policy, fmt: ChatFormat) -> Context:
+    prompt = policy.prompt(record["question"], fmt)
     segments: list[Segment] = [
         prompt,
-        {"role": "env", "text": observation, "ids": policy.encode(observation)},
+        policy.observe(information(docs), prompt, fmt),
         {"role": "env", "text": prefill, "ids": policy.encode(prefill)},
     ]
     return Context(question=record["question"].strip(), segments=segments)

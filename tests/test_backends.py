@@ -258,6 +258,24 @@ def test_eos_is_kept_once_and_left_out_of_the_text(policy):
         assert len(r.logprobs) == len(r.token_ids)
 
 
+USER = protocol.ChatFormat(observations="user")
+
+
+def test_user_observations_follow_the_chat_template_and_a_turn_the_model_closed_stays_closed(policy):
+    """With ``observations="user"`` the documents go into a new user turn: the environment closes the
+    model's turn unless the model ended it with its end-of-turn token, which is then not repeated."""
+    tok = policy.tokenizer
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    text = protocol.information([])
+    open_turn = policy.observe(text, {"role": "model", "text": "<search> x </search>", "ids": tok.encode("<search> x </search>")}, USER)
+    closed_turn = policy.observe(text, {"role": "model", "text": "prose", "ids": tok.encode("prose") + [end]}, USER)
+    assert open_turn["text"].startswith("<|im_end|>\n<|im_start|>user\n<information>")
+    assert open_turn["text"].endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert closed_turn["text"] == open_turn["text"].removeprefix("<|im_end|>")
+    assert closed_turn["ids"] == tok.encode(closed_turn["text"], add_special_tokens=False) and end not in closed_turn["ids"][:1]
+    assert policy.observe(text, {"role": "model", "text": "", "ids": [end]}, protocol.ChatFormat())["text"] == text  # as Search-R1
+
+
 def test_token_ids_and_greedy_logprobs_round_trip(policy, multi_turn_contexts):
     contexts = multi_turn_contexts
     for ctx, result in zip(contexts, policy.generate(contexts, GREEDY)):

@@ -35,7 +35,10 @@ def test_help_imports_no_heavy_library():
         (["ask", "Who?", "--model", "/no/such/model", "--store", "nowhere"], "no store at nowhere"),
         (["ask", "Who?", "--store", "nowhere"], "exactly one of --model"),
         (["index", "/no/such/corpus.jsonl", "--store", "/tmp/dgpo-cli-test-store"], "not found"),
+        (["index", "/no/such/corpus.jsonl", "--store", "/tmp/dgpo-cli-test-store", "--device", "tpu"], "unknown device 'tpu'"),
         (["train", "--preset", "nope"], "unknown preset"),
+        (["ask", "Who?", "--policy", "oracle", "--store", "nowhere", "--observations", "system"], "unknown observations 'system'"),
+        (["eval", "--model", "oracle", "--data", "nowhere.jsonl", "--observations", "system"], "unknown observations 'system'"),
     ],
 )
 def test_bad_input_gets_one_line_and_status_2(args, message):

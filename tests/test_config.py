@@ -36,6 +36,8 @@ OUT_OF_RANGE = [
     ("rl", "method", "reinforce"), ("rl", "baselines", ["dgpo", "sft"]), ("rl", "max_steps", -1), ("rl", "group_size", 0),
     ("rl", "top_p", 2.0), ("rl", "guidance", "prompt"), ("rl", "kl_on", "some"), ("rl", "temperature", 0.0),
     ("rl", "warmup_ratio", 3.0), ("eval", "questions", 0), ("eval", "max_new_tokens", -1),
+    ("agent", "observations", "system"), ("agent", "examples", 3), ("store", "device", "tpu"),
+    ("cold_start", "method", "sft"), ("cold_start", "baselines", ["gkd"]),
 ]
 
 
@@ -113,9 +115,26 @@ def test_no_bad_config_touches_an_existing_run(existing_run, tmp_path_factory, d
         ({"rl": {"baselines": "ppo"}}, "rl.baselines must be a list of strings, not 'ppo'"),
         ({"rl": {"lr": 1e-4}}, "unknown setting(s) rl.lr: the valid ones in rl are"),
         ({"store": 5}, "store must be a mapping of settings, not 5"),
+        ({"agent": {"observations": "system"}}, "agent.observations must be one of inline, user (got 'system')"),
+        ({"tracking": {"report_to": ["tensorbored"]}}, "tracking.report_to must be one of tensorboard, wandb"),
+        ({"tracking": {"report_to": ["aim"]}}, "tracking.report_to names aim, which is not installed: pip install aim"),
     ],
 )
 def test_a_bad_setting_is_named_with_the_fix(doc, message):
     with pytest.raises(DGPOError) as err:
         load_config("tiny", overrides=doc)
     assert str(err.value).startswith(message)
+
+
+def test_every_stage_runs_the_agent_the_config_names():
+    """One place builds the agent's config: a chat format set in ``agent`` reaches rollouts and
+    evaluation alike, and leaving it unset keeps Search-R1's and every existing run's fingerprint."""
+    from dgpo_agent.protocol import ChatFormat
+
+    chat = load_config("tiny", overrides={"agent": {"observations": "user", "examples": 2}})
+    assert chat.agent.config().format == chat.agent.config(96).format == ChatFormat("user", 2)
+    assert chat.agent.config(96).sampling.max_new_tokens == 96 and chat.agent.config(96).sampling.greedy
+    plain = load_config("tiny")
+    assert plain.agent.config().format == ChatFormat()
+    assert plain.fingerprint("agent") == load_config("tiny", overrides={"agent": {"max_turns": 4}}).fingerprint("agent")
+    assert plain.fingerprint("agent") != chat.fingerprint("agent")

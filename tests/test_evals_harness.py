@@ -35,11 +35,14 @@ class EvidenceReader:
     def __init__(self):
         self.calls, self.contexts = [], []
 
-    def prompt(self, question):
+    def prompt(self, question, fmt=None):
         return {"role": "prompt", "text": render_prompt(question), "ids": None}
 
     def encode(self, text):
         return None
+
+    def observe(self, text, after, fmt):
+        return {"role": "env", "text": text, "ids": None}
 
     def generate(self, contexts, params):
         self.calls.append(len(contexts))

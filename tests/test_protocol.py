@@ -3,6 +3,7 @@
 import pytest
 
 from dgpo_agent import protocol
+from dgpo_agent.errors import DGPOError
 from dgpo_agent.protocol import (
     exact_match,
     extract_answer,
@@ -149,3 +150,42 @@ def test_a_question_is_escaped_like_a_passage():
     assert protocol.escape(hostile) in prompt
     assert protocol.read_question(protocol.instructions(hostile)) == protocol.escape(hostile + "?")
     assert protocol.instructions("Who founded Kreaxse Labs?").endswith("Question: Who founded Kreaxse Labs?\n")  # plain questions unchanged
+
+
+@pytest.mark.parametrize("observations", protocol.OBSERVATIONS)
+def test_a_model_that_copies_the_correction_has_not_acted(observations):
+    """Search-R1's wording, "between <search> and </search>", parsed as a search for "and" when a model
+    copied it (SmolLM2 did, every time it searched)."""
+    assert parse_action(protocol.correction(protocol.ChatFormat(observations))).kind == "invalid"
+
+
+def test_inline_observations_stay_in_the_models_turn(tok):
+    text = information([doc(1, "A", "b")])
+    assert protocol.render_observation(text, protocol.ChatFormat(), tok) == text
+    assert protocol.render_observation(text, protocol.ChatFormat("user"), None) == text  # no template, no turns to open
+
+
+def test_user_observations_close_the_models_turn_and_open_a_user_turn(tok):
+    text = "\n<information>Doc 1(Title: A) b\n</information>\n"
+    rendered = protocol.render_observation(text, protocol.ChatFormat("user"), tok)
+    assert rendered == "<|im_end|>\n<|im_start|>user\n<information>Doc 1(Title: A) b\n</information><|im_end|>\n<|im_start|>assistant\n"
+    # A model that ended its turn with its end-of-turn token is not closed a second time.
+    assert protocol.render_observation(text, protocol.ChatFormat("user"), tok, closed_by="<|im_end|>") == rendered.removeprefix("<|im_end|>")
+
+
+def test_an_unknown_chat_format_is_refused():
+    with pytest.raises(DGPOError, match="unknown observations 'system': use one of inline, user"):
+        protocol.ChatFormat("system")
+    with pytest.raises(DGPOError, match="examples must be between 0 and 2"):
+        protocol.ChatFormat(examples=3)
+
+
+@pytest.mark.parametrize("observations", protocol.OBSERVATIONS)
+def test_worked_examples_come_first_as_earlier_turns_laid_out_like_the_agents_own(tok, observations):
+    fmt = protocol.ChatFormat(observations, examples=2)
+    text = protocol.render_prompt("Who founded Kreaxse Labs", tok, fmt)
+    assert text.endswith(protocol.render_prompt("Who founded Kreaxse Labs", tok)[len("<|im_start|>") :])
+    assert text.count("<|im_start|>user\n") == (4 if observations == "user" else 2) + 1
+    assert "<search> Moby-Dick author </search>" in text and "<answer> 1889 </answer>" in text
+    example_documents = "<|im_start|>user\n<information>Doc 1(Title: Moby-Dick)"
+    assert (example_documents in text) == (observations == "user")

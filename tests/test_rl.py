@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from dgpo_agent.backends.base import SamplingParams
+from dgpo_agent.backends.transformers import TransformersPolicy
 from dgpo_agent.errors import DGPOError
 from dgpo_agent.rollout import AgentConfig, TokenTrajectory, run_batch, token_trajectory
 from dgpo_agent.training import rl_objective as obj
@@ -27,7 +28,7 @@ from dgpo_agent.training.callbacks import METRICS
 from dgpo_agent.training.config import load_run_file
 from dgpo_agent.training.rl import RLTrainer, _Scored, check_cpu_launch, checkpoints, pack, run_file
 from dgpo_agent.training.rl_config import RLConfig
-from tests.fakes import KeywordRetriever
+from tests.fakes import KeywordRetriever, ScriptedPolicy
 from tests.models import tiny_qwen2, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -298,7 +299,7 @@ def test_the_trainers_log_probs_are_those_of_the_distribution_that_sampled(tok, 
     are those of the truncated, renormalised distribution, as the sampler reported them."""
     rl = trainer(tok, rl_config(tmp_path, temperature=0.8, top_p=top_p))
     sampling = SamplingParams(temperature=0.8, top_p=top_p, max_new_tokens=12, seed=3)
-    states = run_batch([r["question"] for r in RECORDS], rl.rollout_policy, KeywordRetriever(), dataclasses.replace(AGENT, sampling=sampling))
+    states = run_batch([r["question"] for r in RECORDS], rl.engine, KeywordRetriever(), dataclasses.replace(AGENT, sampling=sampling))
     trajectories = [token_trajectory(s) for s in states]
     batch = pack(trajectories, rl.pad_id)
     with torch.no_grad():
@@ -319,6 +320,54 @@ def test_approx_kl_measures_the_whole_update_and_a_still_policy_is_reported(tok,
     assert [r["approx_kl"] for r in rows(tmp_path / "b")] == [0.0, 0.0, 0.0]
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "step 2: the policy has not moved for 2 steps" in warnings[0]
+
+
+class CopyEngine(TransformersPolicy):
+    """The transformers backend over its own copy of the weights, recording every sync."""
+
+    def __init__(self, model, tok):
+        super().__init__(copy.deepcopy(model), tok)
+        self.synced = []
+
+    def load_weights(self, model, version):
+        super().load_weights(model, version)
+        self.synced.append(version)
+
+
+def test_an_engine_with_its_own_weights_is_synced_once_per_update_before_it_rolls_out(tok, tmp_path):
+    """Rollouts come from the engine, which is handed the trained weights lazily: once per RL step
+    that changed them (two optimizer steps here), never during the critic's warm-up."""
+    config = rl_config(tmp_path, max_steps=3, critic_warmup_steps=1, num_minibatches=2)
+    student = copy.deepcopy(tiny_qwen2(tok))
+    engine = CopyEngine(student, tok)
+    rl = RLTrainer(student, tok, RECORDS, KeywordRetriever(), AGENT, config, teacher=tiny_qwen2(tok, seed=1, hidden=96), engine=engine)
+    logged = [rl.train_step(step) for step in (1, 2, 3)]
+    # Step 1 syncs the weights as handed in (version 1); step 2 follows the critic-only step 1, so
+    # nothing changed; step 3 follows step 2's update (version 2). Step 3's own update (version 3)
+    # waits for the next rollout.
+    assert engine.synced == [1, 2] and engine.weights_version == 2 and rl.weights_version == 3
+    assert [r["sync_s"] > 0 for r in logged] == [True, False, True]
+    trained = dict(rl.model.named_parameters())
+    assert any(not torch.equal(p, trained[n]) for n, p in engine.model.named_parameters())
+    rl._sync_engine()
+    assert all(torch.equal(p, trained[n]) for n, p in engine.model.named_parameters())
+
+
+def test_a_rollout_engine_must_take_weights(tok, tmp_path):
+    with pytest.raises(DGPOError, match="cannot roll out with a ScriptedPolicy: pass a RolloutEngine"):
+        RLTrainer(tiny_qwen2(tok), tok, RECORDS, KeywordRetriever(), AGENT, rl_config(tmp_path), engine=ScriptedPolicy(lambda q, t: ""))
+
+
+def test_every_step_also_reaches_the_trackers_named_in_report_to(tok, tmp_path):
+    """metrics.jsonl stays the record; a tracker (tensorboard here) gets the same numbers per step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer(tok, rl_config(tmp_path, report_to=["tensorboard"])).train()
+    folders = {events.parent for events in (tmp_path / "tracking").rglob("events.out.tfevents.*")}  # scalars, hparams
+    (scalars,) = [a for a in (EventAccumulator(str(f)).Reload() for f in folders) if "reward" in a.Tags()["scalars"]]
+    logged = rows(tmp_path)
+    assert [e.value for e in scalars.Scalars("reward")] == pytest.approx([r["reward"] for r in logged])
+    assert [e.step for e in scalars.Scalars("approx_kl")] == [1, 2]
 
 
 def test_critic_warm_up_trains_only_the_value_model(tok, tmp_path):

@@ -76,7 +76,7 @@ def test_rl_on_a_repeated_question_set_raises_its_training_reward(models, tmp_pa
     tok, student, teacher = models
     config = RLConfig(
         output_dir=str(tmp_path), algorithm=algorithm, kl_on="all" if algorithm == "gkd" else "none", guidance="advantage", beta=1.0,
-        rollout_batch_size=len(QUESTIONS), group_size=8, max_steps=16, learning_rate=3e-4, critic_learning_rate=1e-3,
+        rollout_batch_size=len(QUESTIONS), group_size=8, max_steps=24, learning_rate=3e-4, critic_learning_rate=1e-3,
         warmup_ratio=0.0, critic_warmup_ratio=0.0, ppo_epochs=2, num_minibatches=2, micro_batch_size=16, save_every=100,
         temperature=1.0, max_new_tokens=8, kl_estimator="k1",
     )

@@ -49,13 +49,27 @@ def test_checkpoint_round_trip_gives_the_same_greedy_answers(checkpoint, small_w
     loaded = CompactSearchAgent.from_pretrained(checkpoint, max_new_tokens=24)
 
     assert json.loads((checkpoint / AGENT_FILE).read_text()) == {
-        "store": str(store.resolve()), "collection": "dgpo", "embedder": None, "max_turns": 4, "top_k": 3, "protocol": PROTOCOL_VERSION,
+        "store": str(store.resolve()), "collection": "dgpo", "embedder": None, "max_turns": 4, "top_k": 3, "observations": "inline",
+        "examples": 0, "protocol": PROTOCOL_VERSION,
     }
     assert isinstance(loaded.policy, TransformersPolicy)
     before, after = [trained.invoke(q) for q in questions], [loaded.invoke(q) for q in questions]
     assert after == before
     assert all(len(out["steps"]) > 0 for out in after)
     assert loaded.batch(questions) == before  # the batched runner agrees too
+
+
+def test_a_checkpoint_is_served_with_the_observations_it_was_recorded_with(checkpoint, tmp_path):
+    """A model is served as it was trained: a record made for user-turn observations loads with them,
+    and an argument still overrides the record."""
+    import shutil
+
+    user = shutil.copytree(checkpoint, tmp_path / "user")
+    record = json.loads((user / AGENT_FILE).read_text())
+    (user / AGENT_FILE).write_text(json.dumps({**record, "observations": "user"}))
+    assert CompactSearchAgent.from_pretrained(user).config.format.observations == "user"
+    assert CompactSearchAgent.from_pretrained(user, observations="inline").config.format.observations == "inline"
+    assert CompactSearchAgent.from_pretrained(checkpoint).config.format.observations == "inline"
 
 
 # ----------------------------------------------------------------------------------------- CPU server
@@ -184,7 +198,7 @@ def test_dgpo_agent_serve_on_cpu(checkpoint, small_world, questions, tmp_path):
         out = CompactSearchAgent(f"http://127.0.0.1:{port}", small_world / "chroma", max_new_tokens=16).invoke(questions[0])
         assert out["steps"] and out["question"] == questions[0]
         store = (small_world / "chroma").resolve()
-        connect = f"connect with CompactSearchAgent('http://127.0.0.1:{port}', store='{store}', collection='dgpo', max_turns=4, top_k=3)"
+        connect = f"connect with CompactSearchAgent('http://127.0.0.1:{port}', store='{store}', collection='dgpo', max_turns=4, top_k=3, observations='inline', examples=0)"
         assert connect in Path(log.name).read_text()  # the agent the checkpoint was trained as
     finally:
         proc.terminate()

@@ -3,7 +3,10 @@
 import json
 
 from dgpo_agent.rollout import AgentConfig
-from dgpo_agent.training.tgo import TGOConfig, correct_rows, generate_tgo
+import pytest
+
+from dgpo_agent.errors import DGPOError
+from dgpo_agent.training.tgo import TGOConfig, check_yield, correct_rows, generate_tgo, tgo_yield
 from tests.fakes import KeywordRetriever, ScriptedPolicy
 
 RECORDS = [
@@ -45,3 +48,13 @@ def test_tgo_resumes_without_regenerating(tmp_path):
     assert report["all"]["samples"] == 3
     assert again.calls == [1, 1]  # only the new question was rolled out
     assert [json.loads(line)["id"] for line in path.open()] == ["q0#0", "q1#0", "q2#0"]
+
+
+def test_a_teacher_with_nothing_right_stops_the_run_with_the_usual_fix():
+    """A prompted chat model as teacher answers in prose and gets nothing right; the run used to stop with
+    "train the teacher longer", which cannot help it."""
+    rows = [{**r, "question_id": r["id"], "scores": {"em": 0.0}} for r in RECORDS]
+    check_yield(tgo_yield(rows[:1] + [{**rows[1], "scores": {"em": 1.0}}]))  # one right: nothing to say
+    with pytest.raises(DGPOError, match=r"none of its 3 sampled .* needs `agent: \{observations: user, examples: 2\}`"):
+        check_yield(tgo_yield(rows))
+

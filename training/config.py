@@ -19,8 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dgpo_agent.backends.base import SamplingParams
 from dgpo_agent.errors import DGPOError
-from dgpo_agent.training.checks import at_least, fraction, one_of, positive
+from dgpo_agent.protocol import EXAMPLES, OBSERVATIONS, ChatFormat
+from dgpo_agent.rollout import AgentConfig
+from dgpo_agent.store.embeddings import check_device
+from dgpo_agent.training.checks import at_least, fraction, one_of, positive, trackers
 from dgpo_agent.training.rl_config import RLConfig, check_method
 from dgpo_agent.training.tgo import TGOConfig
 
@@ -45,6 +49,7 @@ class StoreSettings:
     collection: str = "dgpo"
     embedder: str | None = None  # None: the packaged all-MiniLM-L6-v2
     batch_size: int = 256
+    device: str | None = None  # where passages and queries are embedded; None: cpu
     ef_construction: int | None = None
     max_neighbors: int | None = None
     ef_search: int | None = None
@@ -53,6 +58,8 @@ class StoreSettings:
         if not (3 <= len(self.collection) <= 512 and all(c.isalnum() or c in "._-" for c in self.collection)):
             raise DGPOError(f"store.collection must be 3-512 characters of letters, digits, . _ or - (got {self.collection!r})")
         at_least("store.batch_size", self.batch_size, 1)
+        if self.device is not None:
+            check_device(self.device)
         for name, value in self.hnsw().items():
             if value is not None:
                 at_least(f"store.{name}", value, 1)
@@ -64,12 +71,29 @@ class StoreSettings:
 
 @dataclass
 class AgentSettings:
+    """The agent every stage runs: its turn and document budgets and its chat format
+    (``protocol.ChatFormat``; unset, Search-R1's: observations inline, no worked examples)."""
+
     max_turns: int = 4
     top_k: int = 3
+    observations: str | None = None
+    examples: int | None = None
 
     def __post_init__(self) -> None:
         at_least("agent.max_turns", self.max_turns, 1)
         at_least("agent.top_k", self.top_k, 1)
+        if self.observations is not None:
+            one_of("agent.observations", self.observations, OBSERVATIONS)
+        if self.examples is not None:
+            one_of("agent.examples", self.examples, range(len(EXAMPLES) + 1))
+
+    def format(self) -> ChatFormat:
+        return ChatFormat(observations=self.observations or "inline", examples=self.examples or 0)
+
+    def config(self, max_new_tokens: int | None = None) -> AgentConfig:
+        """The agent as rollouts run it; with ``max_new_tokens``, greedy with that budget per turn (evaluation)."""
+        sampling = SamplingParams() if max_new_tokens is None else SamplingParams(max_new_tokens=max_new_tokens)
+        return AgentConfig(max_turns=self.max_turns, top_k=self.top_k, sampling=sampling, format=self.format())
 
 
 @dataclass
@@ -138,6 +162,9 @@ class TeacherSettings(TrainerSettings):
     lm_fraction: float = 0.2
 
 
+COLD_START_METHODS = ("kd", "seqkd")
+
+
 @dataclass
 class ColdStartSettings(TrainerSettings):
     """The student's cold start on TGO: ``kd`` (forward KL to the teacher, optional CE mix ``ce_weight``)
@@ -163,6 +190,13 @@ class ColdStartSettings(TrainerSettings):
         fraction("cold_start.lm_fraction", self.lm_fraction, below_one=True)
         at_least("cold_start.eval_every", self.eval_every, 0)
         at_least("cold_start.eval_questions", self.eval_questions, 1)
+        one_of("cold_start.method", self.method, COLD_START_METHODS)
+        for method in self.baselines:
+            one_of("cold_start.baselines", method, COLD_START_METHODS)
+
+    def methods(self) -> list[str]:
+        """The main method and each baseline, once each, in that order."""
+        return list(dict.fromkeys([self.method, *self.baselines]))
 
 
 @dataclass
@@ -210,6 +244,18 @@ class EvalSettings:
 
 
 @dataclass
+class TrackingSettings:
+    """Experiment trackers (accelerate's: tensorboard, wandb, trackio, ...) that the teacher's SFT, the
+    cold start and RL report to beside their ``metrics.jsonl``. No stage fingerprints this section:
+    turning a tracker on never re-runs a stage."""
+
+    report_to: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        trackers("tracking.report_to", self.report_to)
+
+
+@dataclass
 class DataSettings:
     """Real-scale data in Search-R1's format instead of the embedded world: question files (parquet or
     JSONL with ``question``, ``golden_answers``, ``data_source``) and a JSONL corpus to index."""
@@ -241,6 +287,7 @@ class PipelineConfig:
     cold_start: ColdStartSettings = field(default_factory=ColdStartSettings)
     rl: RLStageConfig = field(default_factory=RLStageConfig)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     def __post_init__(self) -> None:
         one_of("starting_point", self.starting_point, ("shipped", "scratch"))

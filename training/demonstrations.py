@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 from dgpo_agent.evals.scoring import aggregate
-from dgpo_agent.rollout import AgentConfig
 from dgpo_agent.training.config import PipelineConfig
 from dgpo_agent.evals.harness import rollout_records
 from dgpo_agent.training.run import Run
@@ -31,7 +30,7 @@ def write_demonstrations(run: Run) -> dict:
     from dgpo_agent.world import OraclePolicy
 
     cfg = run.cfg
-    agent_cfg = AgentConfig(max_turns=cfg.agent.max_turns, top_k=cfg.agent.top_k)
+    agent_cfg = cfg.agent.config()
     run.dir.oracle.mkdir(parents=True, exist_ok=True)
     metrics = {}
     for split in demonstration_splits(cfg):

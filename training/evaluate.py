@@ -7,16 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dgpo_agent.backends.base import SamplingParams
 from dgpo_agent.evals.scoring import aggregate
 from dgpo_agent.rollout import AgentConfig
 
 SUMMARY_KEYS = ("n", "em", "f1", "evidence_recall", "answered", "searches")
 METRICS_SUFFIX = ".metrics.json"  # beside a trajectory file: every metric per data source
-
-
-def greedy_config(max_turns: int, top_k: int, max_new_tokens: int) -> AgentConfig:
-    return AgentConfig(max_turns=max_turns, top_k=top_k, sampling=SamplingParams(max_new_tokens=max_new_tokens))
 
 
 def evaluate_policy(

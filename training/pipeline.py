@@ -154,7 +154,7 @@ def plan(run: Run, stop_after: str | None = None) -> list[tuple[str, str]]:
 def _method_dirs(run: Run, stage: str) -> dict[str, Path]:
     """The model folder of each method a method stage trains."""
     if stage == "cold-start":
-        return {m: run.dir.cold_start(m) for m in dict.fromkeys([run.cfg.cold_start.method, *run.cfg.cold_start.baselines])}
+        return {m: run.dir.cold_start(m) for m in run.cfg.cold_start.methods()}
     if stage == "rl":
         return {m: run.dir.policy(m) for m in run.cfg.rl.methods()}
     return {}

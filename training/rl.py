@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 # Settings that may change between a run and its resumption without changing what it computes.
-RESUMABLE_CHANGES = ("max_steps", "save_every", "eval_every", "save_total_limit", "output_dir", "stall_kl", "stall_steps", "shift_rollouts")
+RESUMABLE_CHANGES = ("max_steps", "save_every", "eval_every", "save_total_limit", "output_dir", "stall_kl", "stall_steps", "shift_rollouts", "report_to")
 
 
 # ----------------------------------------------------------------------------------- rollout statistics
@@ -173,11 +173,13 @@ class RLTrainer:
         teacher: Any | None = None,
         critic: Any | None = None,
         evaluate: Callable[[Any], dict[str, float]] | None = None,
+        engine: Any | None = None,
     ) -> None:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
-        from dgpo_agent.backends.transformers import TransformersPolicy
+        from dgpo_agent.backends.base import RolloutEngine
+        from dgpo_agent.backends.transformers import TransformersPolicy, pad_id
         from dgpo_agent.training.distill import check_vocab
 
         if not records:
@@ -186,7 +188,11 @@ class RLTrainer:
             raise DGPOError(f"training records lack {', '.join(missing)}: pass question records such as the world's train.jsonl")
         self.config, self.agent, self.records, self.retriever = config, agent, list(records), retriever
         self.tokenizer = tokenizer
-        self.accelerator = acc = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no")
+        self.accelerator = acc = Accelerator(
+            mixed_precision="bf16" if config.precision == "bf16" else "no",
+            log_with=config.report_to or None,
+            project_dir=str(Path(config.output_dir) / "tracking") if config.report_to else None,
+        )
         set_seed(config.seed)
         self.vocab = check_vocab(tokenizer, model, teacher)
         self.guided = teacher is not None and config.guided
@@ -215,8 +221,11 @@ class RLTrainer:
         acc.register_for_checkpointing(*self.schedulers)
         # Placed, not prepared: a prepared model would be saved in every checkpoint, and the teacher is frozen.
         self.teacher = teacher.eval().to(acc.device) if teacher is not None else None
-        self.rollout_policy = TransformersPolicy(acc.unwrap_model(self.model), tokenizer)
-        self.pad_id = self.rollout_policy.pad_id
+        self.engine = engine if engine is not None else TransformersPolicy(acc.unwrap_model(self.model), tokenizer)
+        if not isinstance(self.engine, RolloutEngine):
+            raise DGPOError(f"cannot roll out with a {type(self.engine).__name__}: pass a RolloutEngine (weights_version, load_weights)")
+        self.weights_version = 1  # the weights as handed in; an engine that holds another version is synced first
+        self.pad_id = pad_id(tokenizer)
         self.run_dir = Path(config.output_dir)
         self.evaluate = evaluate
         self.step = 0
@@ -261,8 +270,10 @@ class RLTrainer:
         sampling = dataclasses.replace(
             self.agent.sampling, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=self._seed(step)
         )
-        states = run_batch([r["question"] for r in records], self.rollout_policy, self.retriever, dataclasses.replace(self.agent, sampling=sampling))
-        rollout_s = time.perf_counter() - started
+        sync_s = self._sync_engine()
+        started_rollouts = time.perf_counter()
+        states = run_batch([r["question"] for r in records], self.engine, self.retriever, dataclasses.replace(self.agent, sampling=sampling))
+        rollout_s = time.perf_counter() - started_rollouts
         scores = torch.tensor([exact_match(s.get("answer"), r["golden_answers"]) for s, r in zip(states, records, strict=True)], device=acc.device)
         batch = pack([token_trajectory(s) for s in states], self.pad_id, acc.device)
         with torch.no_grad():
@@ -271,6 +282,7 @@ class RLTrainer:
         training_policy = step > cfg.critic_warmup_steps
         lr = self.schedulers[0].get_last_lr()[0] if training_policy else 0.0  # what this step's update trains with
         losses = self._update(batch, scored, advantages, returns, penalised, step)
+        self.weights_version += int(training_policy)
         # Each schedule counts its own optimizer's steps: the policy's warm-up starts with its first update.
         for scheduler in self.schedulers[int(not training_policy) :]:
             scheduler.step()
@@ -288,14 +300,23 @@ class RLTrainer:
             wrong_tokens = batch.mask * wrong.unsqueeze(1)
             counts.update(kl_wrong=(scored.kl * wrong_tokens).sum().item(), wrong_tokens=wrong_tokens.sum().item())
         totals = self._sum_over_processes(counts | losses)
-        return self._metrics(step, totals, lr, rollout_s, scored.teacher_s, time.perf_counter() - started)
+        return self._metrics(step, totals, lr, (sync_s, rollout_s, scored.teacher_s, time.perf_counter() - started))
 
-    def _metrics(self, step: int, t: dict[str, float], lr: float, rollout_s: float, teacher_s: float, step_s: float) -> dict[str, Any]:
+    def _sync_engine(self) -> float:
+        """Hand the engine the current weights if it holds older ones; returns the seconds it took."""
+        if self.engine.weights_version == self.weights_version:
+            return 0.0
+        started = time.perf_counter()
+        self.engine.load_weights(self.accelerator.unwrap_model(self.model), self.weights_version)
+        return time.perf_counter() - started
+
+    def _metrics(self, step: int, t: dict[str, float], lr: float, times: tuple[float, float, float, float]) -> dict[str, Any]:
         """Global rates from the summed counts; times are this process's."""
         def ratio(a: float, b: float) -> float:
             return round(a / b, 6) if b else 0.0
 
         n, world = t["rollouts"], self.accelerator.num_processes
+        sync_s, rollout_s, teacher_s, step_s = times
         metrics: dict[str, Any] = {
             "step": step,
             "data_position": self.data_position(step + 1),
@@ -308,6 +329,7 @@ class RLTrainer:
             "approx_kl": ratio(t["shift"], t["shift_tokens"]),
             **{k: ratio(t[k], world) for k in ("pg_loss", "guide_loss", "vf_loss", "clipfrac", "grad_norm") if k in t},
             "lr": lr,
+            "sync_s": round(sync_s, 4),
             "rollout_s": round(rollout_s, 4),
             "teacher_s": round(teacher_s, 4),
             "step_s": round(step_s, 4),
@@ -574,6 +596,8 @@ class RLTrainer:
         ``max_steps``; returns the last step's metrics (empty when nothing was left to do)."""
         cfg = self.config
         self.step = self.resume()
+        if cfg.report_to:  # every step's metrics go to the trackers too, named by the run folder
+            self.accelerator.init_trackers(Path(cfg.output_dir).name or "rl", config=_flat(dataclasses.asdict(cfg)))
         metrics: dict[str, Any] = {}
         for step in range(self.step + 1, cfg.max_steps + 1):
             metrics = self.train_step(step)
@@ -584,8 +608,11 @@ class RLTrainer:
             if self.accelerator.is_main_process:
                 with (self.run_dir / METRICS).open("a") as sink:
                     sink.write(json.dumps(metrics) + "\n")
+            self.accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
             if step % cfg.save_every == 0 or step == cfg.max_steps:
                 self.save_checkpoint(step)
+        for tracker in self.accelerator.trackers:  # not end_training(): it ends the process group the save still needs
+            tracker.finish()
         return metrics
 
     def _watch_shift(self, step: int, approx_kl: float) -> None:
@@ -650,6 +677,7 @@ class RLTrainer:
                     f"{found[-1]} was trained with different {', '.join(changed)}: resume with the same config or use a new output_dir"
                 )
             self.accelerator.load_state(str(found[-1]))
+            self.weights_version += 1
             step = state["step"]
         if self.accelerator.is_main_process:
             drop_after(self.run_dir / METRICS, step)
@@ -673,6 +701,11 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file()) if root.is_dir() else []
 
 
+def _flat(config: dict[str, Any]) -> dict[str, Any]:
+    """A config as trackers take it: lists as text (tensorboard's hparams take scalars only)."""
+    return {k: str(v) if isinstance(v, list) else v for k, v in config.items()}
+
+
 def _synced_time() -> float:
     """Wall time after the GPU has finished queued work, so per-phase timings are honest."""
     if torch.cuda.is_available():
@@ -693,10 +726,12 @@ def train_rl(
     teacher: Any | None = None,
     critic: Any | None = None,
     evaluate: Callable[[Any], dict[str, float]] | None = None,
+    engine: Any | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) to ``config.max_steps`` and save the policy to ``output_dir/final``;
-    returns the last step's metrics."""
-    trainer = RLTrainer(model, tokenizer, records, retriever, agent, config, teacher=teacher, critic=critic, evaluate=evaluate)
+    returns the last step's metrics. ``engine`` (a ``RolloutEngine``) generates the rollouts; by
+    default the trained model itself, through the transformers backend."""
+    trainer = RLTrainer(model, tokenizer, records, retriever, agent, config, teacher=teacher, critic=critic, evaluate=evaluate, engine=engine)
     metrics = trainer.train()
     trainer.save_policy(Path(config.output_dir) / "final")
     return metrics
@@ -719,7 +754,7 @@ def run_file(path: Path) -> dict[str, Any]:
 
     teacher = load(run.teacher) if run.teacher and run.rl.guided else None
     records, retriever = load_dataset(run.train_file), open_retriever(run.store, run.collection)
-    agent = AgentConfig(max_turns=run.agent.max_turns, top_k=run.agent.top_k)
+    agent = run.agent.config()
     return train_rl(load(run.model), AutoTokenizer.from_pretrained(run.model), records, retriever, agent, run.rl, teacher=teacher)
 
 

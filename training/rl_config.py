@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dgpo_agent.errors import DGPOError
-from dgpo_agent.training.checks import at_least, fraction, one_of, positive
+from dgpo_agent.training.checks import at_least, fraction, one_of, positive, trackers
 
 FROM_BASE = "-from-base"  # a method name with this suffix starts from the base student, not the cold start
 # What each method trains, as the RLConfig settings it fixes. DGPO is PPO with the teacher's term on the
@@ -84,6 +84,7 @@ class RLConfig:
     shift_rollouts: int = field(default=32, metadata={"help": "rollouts the post-update approx-KL is measured on (0: all)"})
     stall_kl: float = field(default=1e-4, metadata={"help": "approx-KL below which a step counts as not moving the policy"})
     stall_steps: int = field(default=5, metadata={"help": "consecutive such steps before the log says the policy is not moving (0: never)"})
+    report_to: list[str] | None = field(default=None, metadata={"help": "accelerate trackers that get every step's metrics beside metrics.jsonl: tensorboard, wandb, trackio, ..."})
 
     def __post_init__(self) -> None:
         choices = {
@@ -104,6 +105,7 @@ class RLConfig:
             raise DGPOError(f"top_p must be in (0, 1] (got {self.top_p})")
         if self.save_total_limit is not None:
             at_least("save_total_limit", self.save_total_limit, 1)
+        trackers("report_to", self.report_to or [])
         if self.algorithm == "grpo" and self.group_size < 2:
             raise DGPOError(f"grpo needs group_size >= 2 to form a baseline (got {self.group_size})")
         if self.algorithm == "gkd" and (self.kl_on == "none" or self.beta == 0):

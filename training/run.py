@@ -147,7 +147,7 @@ class Run:
         """The run's passage store (after the index stage has built it)."""
         from dgpo_agent.store import ChromaStore
 
-        return ChromaStore(self.dir.world.store, self.cfg.store.collection, must_exist=True)
+        return ChromaStore(self.dir.world.store, self.cfg.store.collection, must_exist=True, device=self.cfg.store.device or "cpu")
 
     def questions(self, split: str, n: int | None = None) -> list[dict]:
         """The first ``n`` question records of ``split`` (all when None), read once."""

@@ -9,14 +9,13 @@ greedy test metrics through the ARC harness.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from dgpo_agent.errors import DGPOError
 from dgpo_agent.training.rl_config import FROM_BASE, check_method
 from dgpo_agent.training.run import Run
 
-COLD_START_METHODS = ("kd", "seqkd")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -47,7 +46,7 @@ def write_agent_record(run: Run, checkpoint: Path) -> None:
     cfg = run.cfg
     AgentRecord(
         store=str(run.dir.world.store.resolve()), collection=cfg.store.collection, embedder=cfg.store.embedder,
-        max_turns=cfg.agent.max_turns, top_k=cfg.agent.top_k,
+        max_turns=cfg.agent.max_turns, top_k=cfg.agent.top_k, **dataclasses.asdict(cfg.agent.format()),
     ).write(checkpoint)
 
 
@@ -73,10 +72,10 @@ def evaluate_dir(run: Run, model_dir: str | Path, label: str, out: Path | None =
     """Greedy test metrics of the model in ``model_dir`` on the first ``eval.questions`` test questions
     (or fewer, ``questions``); trajectories in ``<out or model_dir>/test.jsonl``."""
     from dgpo_agent.evals.harness import model_identity
-    from dgpo_agent.training.evaluate import evaluate_policy, greedy_config
+    from dgpo_agent.training.evaluate import evaluate_policy
 
     cfg = run.cfg
-    agent = greedy_config(cfg.agent.max_turns, cfg.agent.top_k, cfg.eval.max_new_tokens)
+    agent = cfg.agent.config(cfg.eval.max_new_tokens)
     path = run.dir.test_trajectories(Path(out or model_dir))
     path.parent.mkdir(parents=True, exist_ok=True)
     limits = [n for n in (cfg.eval.questions, questions) if n is not None]
@@ -84,8 +83,9 @@ def evaluate_dir(run: Run, model_dir: str | Path, label: str, out: Path | None =
     return evaluate_policy(_policy(model_dir), records, run.store, agent, path, f"test {label}", model_identity(model_dir))
 
 
-def _training_args(settings: Any, out: Path, **extra: Any) -> Any:
-    """A supervised stage's ``TrainerSettings`` as the ``DistillConfig`` its ``Trainer`` runs with."""
+def _training_args(settings: Any, out: Path, tracking: Any, **extra: Any) -> Any:
+    """A supervised stage's ``TrainerSettings`` as the ``DistillConfig`` its ``Trainer`` runs with,
+    reporting to the run's trackers."""
     from dgpo_agent.training.distill import DistillConfig
 
     return DistillConfig(
@@ -104,7 +104,7 @@ def _training_args(settings: Any, out: Path, **extra: Any) -> Any:
         bf16=settings.precision == "bf16",
         dataloader_pin_memory=False,
         disable_tqdm=True,
-        report_to="none",
+        report_to=tracking.report_to or "none",
         **extra,
     )
 
@@ -125,8 +125,9 @@ def index_stage(run: Run) -> dict:
     from dgpo_agent.store import Embedder, index_corpus
 
     s = run.cfg.store
-    embedder = Embedder(s.embedder) if s.embedder else None
-    store = index_corpus(run.dir.world.corpus, run.dir.world.store, s.collection, embedder, s.batch_size, hnsw=s.hnsw())
+    device = s.device or "cpu"
+    embedder = Embedder(s.embedder, device=device) if s.embedder else None
+    store = index_corpus(run.dir.world.corpus, run.dir.world.store, s.collection, embedder, s.batch_size, hnsw=s.hnsw(), device=device)
     return {"passages": store.count()}
 
 
@@ -203,7 +204,7 @@ def teacher_stage(run: Run) -> dict:
     demonstrations = load_examples(run.dir.oracle_split("train"), run.tokenizer, correct_only=True)
     dataset = with_lm_stream(demonstrations, run.tokenizer, run.corpus, cfg.teacher.lm_fraction, lm_stream(run, cfg.teacher.seed + 1))
     trainer = DistillTrainer(
-        model=load_model(run.dir.base("teacher")), args=_training_args(cfg.teacher, out), processing_class=run.tokenizer, train_dataset=dataset,
+        model=load_model(run.dir.base("teacher")), args=_training_args(cfg.teacher, out, cfg.tracking), processing_class=run.tokenizer, train_dataset=dataset,
     )
     metrics = train_resumable(trainer)
     write_agent_record(run, out)
@@ -247,26 +248,20 @@ def lm_stream(run: Run, seed: int) -> Any:
 
 def tgo_stage(run: Run) -> dict:
     """The teacher's sampled rollouts over the training questions, kept with token ids and env mask."""
-    from dgpo_agent.rollout import AgentConfig
-    from dgpo_agent.training.tgo import generate_tgo
+    from dgpo_agent.training.tgo import check_yield, generate_tgo
 
     cfg = run.cfg
-    agent = AgentConfig(max_turns=cfg.agent.max_turns, top_k=cfg.agent.top_k)
-    report = generate_tgo(_policy(run.teacher), run.store, run.questions("train"), cfg.tgo, agent, run.dir.tgo)
-    if report["all"]["correct"] == 0:
-        raise DGPOError("the teacher got no training question right, so there is nothing to distil: train the teacher longer")
+    report = generate_tgo(_policy(run.teacher), run.store, run.questions("train"), cfg.tgo, cfg.agent.config(), run.dir.tgo)
+    check_yield(report)
     return report
 
 
 def cold_start_stage(run: Run) -> dict:
     """The student distilled on the teacher's correct trajectories: ``method`` and each baseline."""
-    methods = [run.cfg.cold_start.method, *run.cfg.cold_start.baselines]
-    unknown = [m for m in methods if m not in COLD_START_METHODS]
-    if unknown:
-        raise DGPOError(f"unknown cold-start method(s) {', '.join(unknown)}: choose from {', '.join(COLD_START_METHODS)}")
+    methods = run.cfg.cold_start.methods()
     # Baselines first, so the main method's checkpoint is the newest (what `dgpo-agent chat` picks).
-    results = {method: _cold_start(run, method) for method in dict.fromkeys(reversed(methods))}
-    return {method: results[method] for method in dict.fromkeys(methods)}
+    results = {method: _cold_start(run, method) for method in reversed(methods)}
+    return {method: results[method] for method in methods}
 
 
 def _cold_start(run: Run, method: str) -> dict:
@@ -284,7 +279,7 @@ def _cold_start(run: Run, method: str) -> dict:
     weights = dict(kd_lambda=c.kd_lambda, ce_weight=c.ce_weight, temperature=c.temperature) if teacher else dict(kd_lambda=0.0)
     dataset = with_lm_stream(load_examples(run.dir.tgo, correct_only=True), tokenizer, run.corpus, c.lm_fraction, lm_stream(run, c.seed + 2))
     trainer = DistillTrainer(
-        model=load_model(run.base_student), args=_training_args(c, out, **weights), processing_class=tokenizer,
+        model=load_model(run.base_student), args=_training_args(c, out, run.cfg.tracking, **weights), processing_class=tokenizer,
         teacher_model=teacher, train_dataset=dataset,
     )
     if c.eval_every:
@@ -298,11 +293,11 @@ def dev_em(run: Run, tokenizer: Any, questions: int) -> Any:
     """model → EM on the first ``questions`` dev questions, greedy: the training curves' points, and
     what dev-only tuning (``bench/rl_tune.py``) scores settings by."""
     from dgpo_agent.backends.transformers import TransformersPolicy
-    from dgpo_agent.training.evaluate import greedy_config, quick_em
+    from dgpo_agent.training.evaluate import quick_em
 
     cfg = run.cfg
     records = run.questions("dev", questions)
-    agent = greedy_config(cfg.agent.max_turns, cfg.agent.top_k, cfg.eval.max_new_tokens)
+    agent = cfg.agent.config(cfg.eval.max_new_tokens)
     return lambda model: quick_em(TransformersPolicy(model, tokenizer), records, run.store, agent)
 
 
@@ -342,14 +337,13 @@ def train_rl_method(run: Run, method: str, out: Path) -> Path:
     first ``rl.eval_questions`` dev questions every ``rl.eval_every`` steps; returns the policy it
     started from. The pipeline's RL stage and the dev-only tuning bench share it, so they train the
     same thing."""
-    from dgpo_agent.rollout import AgentConfig
     from dgpo_agent.training.rl import train_rl
 
     cfg = run.cfg
-    config = cfg.rl.for_method(method, output_dir=str(out))
+    config = cfg.rl.for_method(method, output_dir=str(out), report_to=cfg.tracking.report_to or None)
     start = rl_start(run, method)
     teacher = load_model(run.teacher) if config.guided else None
-    agent = AgentConfig(max_turns=cfg.agent.max_turns, top_k=cfg.agent.top_k)
+    agent = cfg.agent.config()
     evaluate = dev_em(run, run.student_tokenizer, cfg.rl.eval_questions) if config.eval_every else None
     train_rl(load_model(start), run.student_tokenizer, rl_questions(run), run.store, agent, config, teacher=teacher, evaluate=evaluate)
     return start
@@ -373,7 +367,7 @@ def tested_models(run: Run) -> list[tuple[str, Path]]:
 
     cfg = run.cfg
     models = [("base-student", run.dir.base("student")), ("teacher", run.dir.teacher)]
-    models += [(f"cold-start-{m}", run.dir.cold_start(m)) for m in dict.fromkeys([cfg.cold_start.method, *cfg.cold_start.baselines])]
+    models += [(f"cold-start-{m}", run.dir.cold_start(m)) for m in cfg.cold_start.methods()]
     if cfg.rl.max_steps:
         models += [(m, run.dir.policy(m)) for m in cfg.rl.methods()]
     return [(name, path) for name, path in models if run.dir.test_trajectories(path).with_suffix(METRICS_SUFFIX).is_file()]
@@ -387,11 +381,11 @@ def results_stage(run: Run) -> dict:
 
     from dgpo_agent.evals.harness import EvalConfig, describe_data
     from dgpo_agent.evals.report import write_report
-    from dgpo_agent.training.evaluate import METRICS_SUFFIX, greedy_config
+    from dgpo_agent.training.evaluate import METRICS_SUFFIX
 
     cfg = run.cfg
     records = run.questions("test", cfg.eval.questions)
-    agent = greedy_config(cfg.agent.max_turns, cfg.agent.top_k, cfg.eval.max_new_tokens)
+    agent = cfg.agent.config(cfg.eval.max_new_tokens)
     models = [
         {"name": name, "model": str(path), "metrics": json.loads(run.dir.test_trajectories(path).with_suffix(METRICS_SUFFIX).read_text())}
         for name, path in tested_models(run)

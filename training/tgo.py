@@ -3,6 +3,7 @@ token ids and environment mask so the cold start can distil on the correct ones.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ class TGOConfig:
 def generate_tgo(teacher, retriever, records: list[dict], config: TGOConfig, agent: AgentConfig, path: Path) -> dict:
     """Roll the teacher out (resumably) into ``path`` and return the yield per data source."""
     sampling = SamplingParams(config.temperature, config.top_p, config.max_new_tokens, seed=config.seed)
-    agent = AgentConfig(max_turns=agent.max_turns, top_k=agent.top_k, sampling=sampling)
+    agent = dataclasses.replace(agent, sampling=sampling)
     samples = [
         {**record, "id": f"{record['id']}#{k}", "question_id": record["id"], "sample": k}
         for record in records[: config.questions]
@@ -69,6 +70,16 @@ def tgo_yield(rows: Iterable[dict]) -> dict[str, dict]:
             "questions_solved": len({r["question_id"] for r in correct}),
         }
     return report
+
+
+def check_yield(report: dict[str, dict]) -> None:
+    """Stop before the cold start when the teacher got nothing right, saying what usually causes it."""
+    if report["all"]["correct"] == 0:
+        raise DGPOError(
+            f"the teacher got none of its {report['all']['samples']} sampled training rollouts right, so there is nothing "
+            "to distil: a chat model that was only prompted needs `agent: {observations: user, examples: 2}` "
+            "(docs/serving.md); otherwise train the teacher longer or name a stronger one (teacher.model)"
+        )
 
 
 def correct_rows(path: Path) -> Iterator[dict]:

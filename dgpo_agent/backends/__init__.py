@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 from dgpo_agent.backends.base import Completion, Context, Policy, SamplingParams
 from dgpo_agent.errors import DGPOError
-from dgpo_agent.protocol import render_prompt
+from dgpo_agent.protocol import ChatFormat, render_observation, render_prompt
 from dgpo_agent.state import Segment
 
 __all__ = ["Completion", "Context", "Policy", "SamplingParams", "load_policy"]
@@ -61,12 +61,20 @@ class TokenPolicy:
 
     tokenizer: Any
 
-    def prompt(self, question: str) -> Segment:
-        text = render_prompt(question, self.tokenizer)
+    def prompt(self, question: str, fmt: ChatFormat = ChatFormat()) -> Segment:
+        text = render_prompt(question, self.tokenizer, fmt)
         return {"role": "prompt", "text": text, "ids": self.encode(text)}
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def observe(self, text: str, after: Segment, fmt: ChatFormat) -> Segment:
+        """The environment's segment; a model turn whose last id is a special token (its end-of-turn)
+        has closed itself, so a new user turn does not close it again."""
+        last = (after.get("ids") or [None])[-1]
+        closed = self.tokenizer.decode([last]) if last is not None and last in self.tokenizer.all_special_ids else None
+        text = render_observation(text, fmt, self.tokenizer, closed)
+        return {"role": "env", "text": text, "ids": self.encode(text)}
 
     def window(self) -> int | None:
         """The model's context window in tokens (None: unknown, never checked)."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 from dgpo_agent.errors import DGPOError
-from dgpo_agent.protocol import STOP_STRINGS
+from dgpo_agent.protocol import STOP_STRINGS, ChatFormat
 from dgpo_agent.state import Segment
 
 
@@ -72,12 +72,32 @@ class Policy(Protocol):
     """A generation backend.
 
     ``prompt`` renders the opening segment for a question (through the chat template when there is
-    one); ``encode`` tokenizes environment text (None when the backend has no tokenizer);
-    ``generate`` continues every context once, in one batched call, stopping after a stop string.
+    one); ``encode`` tokenizes text (None when the backend has no tokenizer); ``observe`` renders the
+    environment's text after the model turn ``after``; both follow the chat format ``fmt``
+    (``protocol.ChatFormat``); ``generate`` continues every context once, in one batched
+    call, stopping after a stop string.
     """
 
-    def prompt(self, question: str) -> Segment: ...
+    def prompt(self, question: str, fmt: ChatFormat = ChatFormat()) -> Segment: ...
 
     def encode(self, text: str) -> list[int] | None: ...
 
+    def observe(self, text: str, after: Segment, fmt: ChatFormat) -> Segment: ...
+
     def generate(self, contexts: Sequence[Context], params: SamplingParams) -> list[Completion]: ...
+
+
+@runtime_checkable
+class RolloutEngine(Policy, Protocol):
+    """A policy the RL trainer rolls out with, generating from weights it may hold a copy of.
+
+    ``weights_version`` names the weights it generates with. The trainer counts its own versions (one
+    per update) and calls ``load_weights(model, version)`` before the first generation after they
+    changed: lazily, once per RL step however many optimizer steps it took, as TRL and verl sync
+    their vLLM engines. The transformers backend is one (sharing the trained model, or loading its
+    weights into a copy in another dtype or on another device).
+    """
+
+    weights_version: int
+
+    def load_weights(self, model: Any, version: int) -> None: ...

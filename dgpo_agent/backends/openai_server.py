@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 from dgpo_agent.backends.base import Completion, Context, SamplingParams
 from dgpo_agent.backends.vllm_engine import sampling_kwargs
 from dgpo_agent.errors import DGPOError
-from dgpo_agent.protocol import render_prompt
+from dgpo_agent.protocol import ChatFormat, render_observation, render_prompt
 from dgpo_agent.state import Segment
 
 # Request fields of the standard completions API; the other vLLM sampling fields travel in extra_body.
@@ -46,11 +46,16 @@ class OpenAICompletionsPolicy:
             tokenizer = self.model
         self.tokenizer = _load_tokenizer(tokenizer) if tokenizer else None
 
-    def prompt(self, question: str) -> Segment:
-        return {"role": "prompt", "text": render_prompt(question, self.tokenizer), "ids": None}
+    def prompt(self, question: str, fmt: ChatFormat = ChatFormat()) -> Segment:
+        return {"role": "prompt", "text": render_prompt(question, self.tokenizer, fmt), "ids": None}
 
     def encode(self, text: str) -> None:
         return None
+
+    def observe(self, text: str, after: Segment, fmt: ChatFormat) -> Segment:
+        """Rendered with the local tokenizer's template; the server drops a model's end-of-turn token
+        from its text, so a user turn always closes the model's turn."""
+        return {"role": "env", "text": render_observation(text, fmt, self.tokenizer), "ids": None}
 
     def generate(self, contexts: Sequence[Context], params: SamplingParams) -> list[Completion]:
         """One request with every context as a prompt; choices are matched back by their index."""

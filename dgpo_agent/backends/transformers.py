@@ -50,9 +50,9 @@ class TransformersPolicy(TokenPolicy):
         self.tokenizer = tokenizer
         self.device = model.device
         self.eos_ids = _eos_ids(model.generation_config, tokenizer)
-        pad = tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else tokenizer.eos_token_id
+        self.pad_id = pad_id(tokenizer)
         self.prefix_caching = prefix_caching
+        self.weights_version = 0  # a RolloutEngine: the trainer's version of the weights last loaded
         self._prefix: _Prefix | None = None
         self._lock = threading.Lock()  # one generation at a time: calls share the cache
 
@@ -98,6 +98,17 @@ class TransformersPolicy(TokenPolicy):
 
     def window(self) -> int | None:
         return getattr(self.model.config, "max_position_embeddings", None)
+
+    def load_weights(self, model: Any, version: int) -> None:
+        """Generate with ``model``'s weights from now on: nothing to copy when it is this policy's own
+        model (RL on one device), else copied into this one, cast to its dtype and device. The copy
+        changes the parameters in place, so no cached prefix outlives it."""
+        import torch
+
+        if model is not self.model:
+            with torch.no_grad():
+                self.model.load_state_dict(model.state_dict())
+        self.weights_version = version
 
     def continue_rows(self, rows: list[list[int]], params: SamplingParams) -> list[Completion]:
         """Continue every id row in one batch."""
@@ -192,6 +203,12 @@ def continued_rows(previous: list[list[int]], rows: list[list[int]]) -> list[int
         picks.append(j)
         j += 1
     return picks
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its EOS."""
+    pad = tokenizer.pad_token_id
+    return pad if pad is not None else tokenizer.eos_token_id
 
 
 def _empty_cache(model: Any) -> Any:

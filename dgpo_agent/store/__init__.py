@@ -57,15 +57,16 @@ class Retriever(Protocol):
     def search(self, queries: Sequence[str], k: int) -> list[list[Doc]]: ...
 
 
-def open_retriever(spec: Any, collection: str = "dgpo") -> Retriever:
+def open_retriever(spec: Any, collection: str = "dgpo", device: str = "cpu") -> Retriever:
     """A retriever from a store path or URL, a LangChain retriever, or anything that already has ``search``.
 
-    A path must hold an indexed store: a typo should fail here, not create an empty store.
+    A path must hold an indexed store: a typo should fail here, not create an empty store. Its queries
+    are embedded on ``device``.
     """
     if isinstance(spec, (str, Path)):
         from dgpo_agent.store.chroma import ChromaStore
 
-        return ChromaStore(spec, collection, must_exist=True)
+        return ChromaStore(spec, collection, must_exist=True, device=device)
     from langchain_core.retrievers import BaseRetriever
 
     if isinstance(spec, BaseRetriever):

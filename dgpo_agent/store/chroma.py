@@ -23,7 +23,7 @@ from dgpo_agent.errors import DGPOError
 from dgpo_agent.state import Doc
 from dgpo_agent.store import is_url
 from dgpo_agent.store.corpus import read_corpus
-from dgpo_agent.store.embeddings import Embedder
+from dgpo_agent.store.embeddings import Embedder, check_device
 
 EMBEDDER_KEY = "dgpo_embedder"  # collection metadata: the JSON of Embedder.describe()
 # The HNSW settings a store may be built with. ef_construction and max_neighbors shape the graph when
@@ -125,7 +125,7 @@ class ChromaStore:
 
     ``location`` is a local directory or an ``http(s)://host:port`` URL of a ``chroma run`` server. The
     embedder is recorded in the collection when it is created; reopening without one rebuilds it from that
-    record, and an explicit embedder that disagrees with it is refused. ``hnsw`` (keys of ``HNSW_KEYS``;
+    record (on ``device``), and an explicit embedder that disagrees with it is refused. ``hnsw`` (keys of ``HNSW_KEYS``;
     None leaves Chroma's default) sets the cosine index's parameters when the collection is created; on an existing one ``ef_search`` is
     changed, and build parameters that disagree with the collection's are refused.
     """
@@ -137,13 +137,15 @@ class ChromaStore:
         embedder: Embedder | None = None,
         must_exist: bool = False,
         hnsw: Mapping[str, int] | None = None,
+        device: str = "cpu",
     ) -> None:
         self.location = str(location)
+        self.device = device
         self.name = collection
         self.last_ingest: dict[str, int] | None = None  # what the last ``index_corpus`` did to the store
         hnsw = _check_hnsw(hnsw or {})
         self._client = _connect(self.location, must_exist)
-        self._collection = self._get() if must_exist else self._get_or_create(embedder or Embedder(), hnsw)
+        self._collection = self._get() if must_exist else self._get_or_create(embedder or Embedder(device=device), hnsw)
         self.embedder = self._recorded_embedder(embedder)
         self._apply_hnsw(hnsw)
 
@@ -179,7 +181,7 @@ class ChromaStore:
             return given
         description = json.loads(recorded)
         if given is None:
-            return Embedder(**description)
+            return Embedder(**description, device=self.device)
         if given.describe() != description:
             raise DGPOError(
                 f"collection {self.name!r} at {self.location} was built with {description}, not "
@@ -338,10 +340,13 @@ def index_corpus(
     batch_size: int = 256,
     progress: bool = True,
     hnsw: Mapping[str, int] | None = None,
+    device: str = "cpu",
 ) -> ChromaStore:
     """Index a JSONL corpus into a store (or bring an existing store in line with it: see ``ingest``) and
     return the store, with the counts of the last ingest as ``store.last_ingest``. The corpus is read and
-    checked before the store is opened, and a store this call created is removed if indexing fails."""
+    checked before the store is opened, and a store this call created is removed if indexing fails.
+    ``device`` embeds with the recorded (or default) model there when no ``embedder`` is given."""
+    check_device(device)
     if batch_size < 1:
         raise DGPOError(f"batch_size must be at least 1 (got {batch_size})")
     hashes = content_hashes(read_corpus(corpus_path))  # every record read and checked before the store is opened
@@ -352,7 +357,7 @@ def index_corpus(
         raise DGPOError(f"{location} is a folder that holds no Chroma store: pass a new or empty folder for the store")
     created = folder is not None and not folder.exists()
     try:
-        store = ChromaStore(location, collection, embedder, hnsw=hnsw)
+        store = ChromaStore(location, collection, embedder, hnsw=hnsw, device=device)
         store.last_ingest = store.ingest(read_corpus(corpus_path), batch_size=batch_size, progress=progress, hashes=hashes)
     except BaseException:
         if created:

@@ -34,11 +34,19 @@ def _load_path(model: str) -> str:
     return model
 
 
+def check_device(device: str) -> None:
+    """Refuse a device name torch would only reject mid-run."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+        raise DGPOError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps")
+
+
 class Embedder:
     """Normalised query and passage embeddings from one sentence-transformers model.
 
     ``query_prefix`` / ``passage_prefix`` are prepended to every text (e5 expects ``"query: "`` and
     ``"passage: "``); they are part of the embedding space and are recorded with the model in a store.
+    ``device`` and ``batch_size`` only say where and how many texts at a time are embedded.
     """
 
     def __init__(
@@ -49,6 +57,9 @@ class Embedder:
         device: str = "cpu",
         batch_size: int = 64,
     ) -> None:
+        check_device(device)
+        if batch_size < 1:
+            raise DGPOError(f"the embedding batch size must be at least 1 (got {batch_size})")
         self.model = _canonical(model)
         self.query_prefix = query_prefix
         self.passage_prefix = passage_prefix

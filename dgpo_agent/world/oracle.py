@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from dgpo_agent.backends.base import Completion, Context, SamplingParams
-from dgpo_agent.protocol import parse_action, read_documents, render_prompt
+from dgpo_agent.protocol import ChatFormat, parse_action, read_documents, render_observation, render_prompt
 from dgpo_agent.state import Segment
 from dgpo_agent.world.corpus import WORK_VOCAB, read_facts
 from dgpo_agent.world.grammar import Parsed, parse_question
@@ -99,11 +99,14 @@ class Progress:
 class OraclePolicy:
     """The Policy protocol over the scripted expert (text only: ``encode`` returns None)."""
 
-    def prompt(self, question: str) -> Segment:
-        return Segment(role="prompt", text=render_prompt(question), ids=None)
+    def prompt(self, question: str, fmt: ChatFormat = ChatFormat()) -> Segment:
+        return Segment(role="prompt", text=render_prompt(question, fmt=fmt), ids=None)
 
     def encode(self, text: str) -> list[int] | None:
         return None
+
+    def observe(self, text: str, after: Segment, fmt: ChatFormat) -> Segment:
+        return Segment(role="env", text=render_observation(text, fmt), ids=None)  # no template: inline
 
     def generate(self, contexts: Sequence[Context], params: SamplingParams) -> list[Completion]:
         return [Completion(text=self.turn(c)) for c in contexts]
