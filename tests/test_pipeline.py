@@ -273,13 +273,55 @@ def test_a_new_optional_setting_keeps_existing_fingerprints_and_a_set_one_change
     assert cfg.fingerprint("store", "rl") != before
 
 
+def test_your_files_train_end_to_end_with_checkpoints_you_name(small_world, tmp_path):
+    """Your own question files and corpus (here the small world's, as Search-R1 JSONL, with no dev
+    file) and your own teacher and student checkpoints (here the shipped ones): the world's stages are
+    not run, the dev split is held out of train, and every model is trained, tested and reported on
+    the test file's questions, labelled by that file."""
+    from dgpo_agent.training.starting_point import ASSETS
+
+    data = {"train": str(small_world / "train.jsonl"), "test": str(small_world / "test.jsonl"), "corpus": str(small_world / "corpus.jsonl")}
+    overrides = {
+        "data": {**data, "dev_questions": 16},
+        "teacher": {"model": str(ASSETS / "teacher")}, "cold_start": {"student": str(ASSETS / "base-student"), "baselines": []},
+        "rl": {"baselines": []}, "eval": {"questions": 16},
+    }
+    cfg = load_config("smoke", out=tmp_path / "run", overrides=overrides)
+    summaries = run_pipeline(cfg)
+    assert list(summaries) == ["world", "index", "teacher", "tgo", "cold-start", "rl", "results"]  # no world, oracle or base models
+    train = [json.loads(line) for line in (small_world / "train.jsonl").open()]
+    assert summaries["world"]["questions"] == {"train": len(train) - 16, "dev": 16, "test": len(list((small_world / "test.jsonl").open()))}
+    run = Run(cfg)
+    assert [r["id"] for r in run.questions("dev")] == [r["id"] for r in train[-16:]]
+    assert not (tmp_path / "run/world/corpus.jsonl").exists() and summaries["index"]["passages"] == len(run.corpus)
+    assert summaries["tgo"]["all"]["correct"] > 0 and summaries["rl"]["dgpo"]["test"]["all"]["n"] == 16
+    report = (tmp_path / "run/report.md").read_text()
+    assert f"## Test EM (greedy, the test split of {small_world / 'test.jsonl'}, through the graph)" in report
+    assert "oracle (ceiling)" not in report and "| dgpo |" in report and "invalid-action rate" in report
+    arc = json.loads((tmp_path / "run/arc/metrics.json").read_text())
+    assert arc["data"]["file"] == data["test"]
+
+
+def test_a_test_question_also_in_train_is_refused_before_anything_is_written(small_world, tmp_path):
+    test = small_world / "test.jsonl"
+    train = tmp_path / "train.jsonl"
+    train.write_text(test.read_text().splitlines()[3] + "\n" + (small_world / "train.jsonl").read_text())
+    cfg = load_config("smoke", out=tmp_path / "run", overrides={
+        "data": {"train": str(train), "test": str(test), "corpus": str(small_world / "corpus.jsonl")},
+        "teacher": {"model": "t"}, "cold_start": {"student": "s"},
+    })
+    with pytest.raises(DGPOError, match="is also in train"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run/world/train.jsonl").exists()
+
+
 def test_qwen_preset_loads_and_validates(tmp_path, monkeypatch):
     """The GPU preset is config only here: it loads, names the paper's models, and refuses to start
     without its data with a one-line fix."""
     monkeypatch.chdir(tmp_path)
     cfg = load_config("qwen")
     assert cfg.cold_start.student == "Qwen/Qwen2.5-0.5B-Instruct" and "3b" in cfg.teacher.model
-    assert cfg.data.external and cfg.fingerprint("data") != load_config("tiny").fingerprint("data")
+    assert cfg.data.kind == "files" and cfg.fingerprint("data") != load_config("tiny").fingerprint("data")
     with pytest.raises(DGPOError, match=r"data file\(s\) not found: data.train=data/nq_hotpotqa_train/train.parquet"):
         run_pipeline(cfg)
     assert not (tmp_path / "runs").exists()
@@ -305,3 +347,18 @@ def test_stop_after_and_config_errors(tmp_path):
     assert (cfg.rl.learning_rate, cfg.rl.beta, cfg.rl.max_steps) == (3e-4, 1e-3, 5)
     with pytest.raises(DGPOError, match="^rl.learning_rate must be a number, not 'fast'"):
         load_config("smoke", overrides={"rl": {"learning_rate": "fast"}})
+
+
+def test_a_data_file_replaced_under_the_same_name_changes_the_fingerprint(small_world, tmp_path):
+    import os
+    import shutil
+
+    test = tmp_path / "test.jsonl"
+    shutil.copy(small_world / "test.jsonl", test)
+    overrides = {"data": {"train": str(small_world / "train.jsonl"), "test": str(test), "corpus": str(small_world / "corpus.jsonl")},
+                 "teacher": {"model": "t"}, "cold_start": {"student": "s"}}
+    before = load_config("smoke", overrides=overrides).fingerprint("data")
+    assert load_config("smoke", overrides=overrides).fingerprint("data") == before
+    test.write_text("".join(test.read_text().splitlines(keepends=True)[:5]))
+    os.utime(test, ns=(1, 1))
+    assert load_config("smoke", overrides=overrides).fingerprint("data") != before

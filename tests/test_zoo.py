@@ -211,3 +211,26 @@ def test_the_saved_base_model_serves(pretrained, tokenizer):
     context = Context(question, [policy.prompt(question)])
     [completion] = policy.generate([context], SamplingParams(max_new_tokens=8))
     assert completion.token_ids and len(completion.token_ids) <= 8
+
+
+def test_a_student_cut_from_a_checkpoint_keeps_evenly_spaced_layers_and_generates():
+    """``keep_layers`` keeps the first and last layers and others evenly between; the cut model is the
+    kept layers in order (the same outputs as those layers run by hand) and generates with its cache."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from dgpo_agent.errors import DGPOError
+    from dgpo_agent.training.zoo import keep_layers
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=7, num_attention_heads=4, num_key_value_heads=4)
+    model = LlamaForCausalLM(config).eval()
+    original = list(model.model.layers)
+    assert keep_layers(model, 3) == [0, 3, 6]
+    assert [id(layer) for layer in model.model.layers] == [id(original[i]) for i in (0, 3, 6)]
+    assert model.config.num_hidden_layers == 3 and [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2]
+    ids = torch.tensor([[1, 5, 9, 2]])
+    cached = model.generate(ids, max_new_tokens=5, do_sample=False)
+    uncached = model.generate(ids, max_new_tokens=5, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    with pytest.raises(DGPOError, match="the model has 3 layers: choose 1 to 3"):
+        keep_layers(model, 4)

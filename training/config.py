@@ -23,6 +23,7 @@ from dgpo_agent.backends.base import SamplingParams
 from dgpo_agent.errors import DGPOError
 from dgpo_agent.protocol import EXAMPLES, OBSERVATIONS, ChatFormat
 from dgpo_agent.rollout import AgentConfig
+from dgpo_agent.smollm2 import NAME as SMOLLM2
 from dgpo_agent.store.embeddings import check_device
 from dgpo_agent.training.checks import at_least, fraction, one_of, positive, trackers
 from dgpo_agent.training.rl_config import RLConfig, check_method
@@ -106,7 +107,10 @@ class TokenizerSettings:
 
 @dataclass
 class BaseSettings:
-    """Base-model pretraining (language modelling on the passages plus the copy curriculum)."""
+    """Base models: pretraining the world's (language modelling on the passages plus the copy
+    curriculum), or a smaller student cut from a checkpoint: ``student_layers`` evenly spaced decoder
+    layers of ``student_from`` (an HF checkpoint; the student keeps its vocabulary, so it can be
+    distilled from a teacher of the same family)."""
 
     student_steps: int = 1200
     teacher_steps: int = 800
@@ -115,10 +119,16 @@ class BaseSettings:
     lr: float = 1e-3
     copy_fraction: float = 0.3
     seed: int = 0
+    student_from: str | None = None
+    student_layers: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("student_steps", "teacher_steps", "batch_size", "seq_len"):
             at_least(f"base.{name}", getattr(self, name), 1)
+        if self.student_layers is not None:
+            at_least("base.student_layers", self.student_layers, 1)
+            if not self.student_from:
+                raise DGPOError("base.student_layers needs base.student_from: name the checkpoint to take the layers from")
         positive("base.lr", self.lr)
         at_least("base.seed", self.seed, 0)
         fraction("base.copy_fraction", self.copy_fraction)
@@ -153,13 +163,22 @@ class TrainerSettings:
 
 @dataclass
 class TeacherSettings(TrainerSettings):
-    """The teacher: SFT of the base teacher on the oracle's demonstrations, or ``model``, any HF
-    checkpoint (a Search-R1 PPO model at real scale), used as is. ``lm_fraction`` of the examples come
-    from the pretraining stream, which keeps copying alive."""
+    """The teacher: SFT on the oracle stage's demonstrations (the world oracle's, or the evidence
+    demonstrator's on a real corpus) of the base teacher or of ``start_from``, any HF checkpoint (a
+    chat model with no protocol skills yet); or ``model``, any HF checkpoint (a Search-R1 PPO model
+    at real scale), used as is. ``lm_fraction`` of the examples come from the pretraining stream,
+    which keeps copying alive."""
 
     model: str | None = None
+    start_from: str | None = None
     steps: int = 3000
     lm_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        fraction("teacher.lm_fraction", self.lm_fraction, below_one=True)
+        if self.model and self.start_from:
+            raise DGPOError("set one of teacher.model (used as is) and teacher.start_from (fine-tuned on demonstrations), not both")
 
 
 COLD_START_METHODS = ("kd", "seqkd")
@@ -255,18 +274,62 @@ class TrackingSettings:
         trackers("tracking.report_to", self.report_to)
 
 
+DATA_SOURCES = ("world", "wikipedia", "files")
+
+
 @dataclass
 class DataSettings:
-    """Real-scale data in Search-R1's format instead of the embedded world: question files (parquet or
-    JSONL with ``question``, ``golden_answers``, ``data_source``) and a JSONL corpus to index."""
+    """Where the run's corpus and questions come from (``source``):
 
+    - ``world``: the generated world (the ``world`` section), the default;
+    - ``wikipedia``: gensim's English Wikipedia sample with this project's questions
+      (``dgpo_agent.wikipedia``; ``pip install '.[wikipedia]'``), ``articles`` of them when set;
+    - ``files``: your own, in Search-R1's format: question files (parquet or JSONL with
+      ``question``, ``golden_answers``, ``data_source``; optional ``evidence`` passage ids) and a
+      wiki-18 JSONL corpus. Without ``dev`` the last ``dev_questions`` training questions (a tenth
+      of them, at most 500, when unset) are held out as dev.
+
+    Setting ``train``, ``test`` or ``corpus`` implies ``files``."""
+
+    source: str | None = None  # None: files when a path is set, else world
     train: str | None = None
+    dev: str | None = None
     test: str | None = None
     corpus: str | None = None
+    dev_questions: int | None = None
+    articles: int | None = None  # wikipedia: only the first N articles and the questions about them
+
+    def __post_init__(self) -> None:
+        if self.source is not None:
+            one_of("data.source", self.source, DATA_SOURCES)
+        if self.articles is not None:
+            at_least("data.articles", self.articles, 1)
+            if self.kind != "wikipedia":
+                raise DGPOError(f"data.articles picks articles of the Wikipedia sample: set data.source: wikipedia, or drop it for {self.kind}")
+        paths = {k: v for k, v in self.files().items() if v}
+        if paths and self.kind != "files":
+            raise DGPOError(f"data.source {self.kind} takes no files ({', '.join(f'data.{k}' for k in paths)}): drop them or set data.source: files")
+        if self.kind == "files" and (missing := [f"data.{k}" for k in ("train", "test", "corpus") if not paths.get(k)]):
+            raise DGPOError(f"data.source files needs {', '.join(missing)}: name your question files and corpus")
+        if self.dev_questions is not None:
+            at_least("data.dev_questions", self.dev_questions, 1)
 
     @property
-    def external(self) -> bool:
-        return any((self.train, self.test, self.corpus))
+    def kind(self) -> str:
+        """The data source: ``source``, or what the given paths imply."""
+        return self.source or ("files" if any(self.files().values()) else "world")
+
+    def files(self) -> dict[str, str | None]:
+        return {"train": self.train, "dev": self.dev, "test": self.test, "corpus": self.corpus}
+
+    def identities(self) -> dict[str, str]:
+        """``size:mtime`` of each named file that exists: cheap for a corpus of many gigabytes."""
+        stats = {k: Path(v).stat() for k, v in self.files().items() if v and Path(v).is_file()}
+        return {k: f"{stat.st_size}:{stat.st_mtime_ns}" for k, stat in stats.items()}
+
+    def missing_files(self) -> list[str]:
+        """The named files that do not exist (``data.<key>=<path>``)."""
+        return [f"data.{k}={v}" for k, v in self.files().items() if v and not Path(v).is_file()]
 
 
 @dataclass
@@ -291,6 +354,39 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         one_of("starting_point", self.starting_point, ("shipped", "scratch"))
+        if self.cold_start.student and self.base.student_from:
+            raise DGPOError("set one of cold_start.student (used as is) and base.student_from (cut to base.student_layers), not both")
+        if self.data.kind != "world":
+            # Only the world has a base teacher and student to train: other data needs checkpoints.
+            if not (self.teacher.model or self.teacher.start_from):
+                raise DGPOError(
+                    f"data.source {self.data.kind} needs a teacher: set teacher.model (a checkpoint used as is) or "
+                    "teacher.start_from (a checkpoint fine-tuned on scripted demonstrations)"
+                )
+            if not (self.cold_start.student or self.base.student_from):
+                raise DGPOError(
+                    f"data.source {self.data.kind} needs a student: set cold_start.student (a checkpoint) or "
+                    "base.student_from (with base.student_layers to cut it smaller)"
+                )
+        if self.base.student_from and self.on_world and not (self.teacher.model or self.teacher.start_from):
+            raise DGPOError(
+                "base.student_from needs a teacher with its vocabulary: set teacher.model or teacher.start_from (the world's teacher has its own)"
+            )
+        if self.teacher.start_from and self.agent.format() != ChatFormat():
+            raise DGPOError(
+                "teacher.start_from learns Search-R1's layout from its demonstrations: leave agent.observations and agent.examples unset"
+            )
+
+    @property
+    def trains_teacher(self) -> bool:
+        """Whether the run fine-tunes its teacher on demonstrations (from the world's base teacher or
+        from ``teacher.start_from``)."""
+        return not self.teacher.model and (self.teacher.start_from is not None or (self.on_world and self.starting_point == "scratch"))
+
+    @property
+    def on_world(self) -> bool:
+        """Whether the run's data is the generated world (which has its own models and oracle)."""
+        return self.data.kind == "world"
 
     def fingerprint(self, *sections: str, leave_out: tuple[str, ...] = ()) -> str:
         """A short hash of the named sections, so a stage re-runs only when its inputs change;
@@ -304,8 +400,13 @@ class PipelineConfig:
 
     def settings(self, *sections: str) -> dict:
         """The named sections as plain data, settings left unset (None) dropped: what a stage's
-        fingerprint hashes, and what a record of the settings compares by value."""
-        return set_only({name: _plain(getattr(self, name)) for name in sections})
+        fingerprint hashes, and what a record of the settings compares by value. Your data files
+        count by size and modification time too, so a file replaced under the same name re-runs
+        the stages that read it."""
+        settings = set_only({name: _plain(getattr(self, name)) for name in sections})
+        if "data" in settings and (files := self.data.identities()):
+            settings["data"]["identities"] = files
+        return settings
 
 
 @dataclass
@@ -351,6 +452,29 @@ _TINY: dict[str, Any] = {
     "cold_start": {"eval_every": 600},
 }
 
+# A real pretrained model on real Wikipedia on 2 CPU cores: SmolLM2-135M-Instruct, fine-tuned on the
+# evidence demonstrator's trajectories, teaches a student cut to a third of its layers; budgets are
+# small (docs/training.md, the real-cpu run).
+_REAL_CPU: dict[str, Any] = {
+    "data": {"source": "wikipedia"},
+    "teacher": {
+        "start_from": SMOLLM2, "steps": 30, "batch_size": 2, "lr": 5e-5, "warmup_steps": 3, "lm_fraction": 0.0,
+        "save_steps": 30, "logging_steps": 5,
+    },
+    # Any cut of two thirds of the layers starts far from the teacher: the cold start repairs it.
+    "base": {"student_from": SMOLLM2, "student_layers": 10},
+    "tgo": {"questions": None, "samples_per_question": 2, "max_new_tokens": 64},
+    "cold_start": {
+        "steps": 80, "batch_size": 2, "lr": 2e-4, "warmup_steps": 4, "lm_fraction": 0.0, "eval_every": 0,
+        "save_steps": 40, "logging_steps": 5,
+    },
+    "rl": {
+        "max_steps": 3, "rollout_batch_size": 4, "group_size": 2, "questions": 8, "learning_rate": 1e-5,
+        "critic_learning_rate": 1e-5, "warmup_ratio": 0.0, "max_new_tokens": 64, "micro_batch_size": 4, "save_every": 3,
+    },
+    "eval": {"max_new_tokens": 64, "base_questions": 16},
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The default: the shipped starting point, then TGO, the cold start and RL on 2 CPU cores.
     "tiny": _TINY,
@@ -364,6 +488,18 @@ PRESETS: dict[str, dict[str, Any]] = {
             "eval_questions": 16, "baselines": ["grpo"],
         },
         "eval": {"questions": 60},
+    },
+    "real-cpu": _REAL_CPU,
+    # Minutes, for CI: real-cpu with a few questions and steps.
+    "real-cpu-smoke": {
+        **_REAL_CPU,
+        "teacher": {**_REAL_CPU["teacher"], "steps": 12, "lr": 1e-4, "warmup_steps": 1, "save_steps": 12},
+        "tgo": {**_REAL_CPU["tgo"], "questions": 8, "samples_per_question": 1, "max_new_tokens": 32},
+        "cold_start": {**_REAL_CPU["cold_start"], "steps": 2, "warmup_steps": 0, "save_steps": 2},
+        "rl": {**_REAL_CPU["rl"], "max_steps": 1, "rollout_batch_size": 2, "questions": 4, "max_new_tokens": 32, "save_every": 1},
+        "data": {"source": "wikipedia", "articles": 12},
+        "eval": {"max_new_tokens": 32, "questions": 4, "base_questions": 2},
+        "agent": {"max_turns": 2},
     },
     # GPU, real scale: the paper's models and Search-R1's data (download them first; see the README).
     # RL keeps RLConfig's defaults, which are the reference recipe.

@@ -10,7 +10,7 @@ from typing import Any
 from dgpo_agent.evals.scoring import aggregate
 from dgpo_agent.rollout import AgentConfig
 
-SUMMARY_KEYS = ("n", "em", "f1", "evidence_recall", "answered", "searches")
+SUMMARY_KEYS = ("n", "em", "f1", "hit", "invalid", "evidence_recall", "answered", "searches")
 METRICS_SUFFIX = ".metrics.json"  # beside a trajectory file: every metric per data source
 
 

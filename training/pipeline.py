@@ -36,8 +36,22 @@ class Stage:
 
 
 def _trains_own_models(cfg: PipelineConfig) -> bool:
-    """Tokenizer and base models are needed unless both teacher and student are given checkpoints."""
-    return not (cfg.teacher.model and cfg.cold_start.student)
+    """The world tokenizer and base models are needed on the world, unless both teacher and student
+    come from checkpoints."""
+    teacher_given = cfg.teacher.model or cfg.teacher.start_from
+    student_given = cfg.cold_start.student or cfg.base.student_from
+    return cfg.on_world and not (teacher_given and student_given)
+
+
+def _needs_base(cfg: PipelineConfig) -> bool:
+    """Base models: the world's, or a student cut from a checkpoint."""
+    return _trains_own_models(cfg) or cfg.base.student_from is not None
+
+
+def _needs_demonstrations(cfg: PipelineConfig) -> bool:
+    """The world's oracle always runs (its test EM is the ceiling); elsewhere demonstrations are only
+    for a teacher fine-tuned on them."""
+    return cfg.on_world or cfg.trains_teacher
 
 
 WORLD = ("world", "data")
@@ -45,9 +59,9 @@ MODELS = (*WORLD, "starting_point", "tokenizer", "base")
 STAGES = (
     Stage("world", WORLD, stages.world_stage),
     Stage("index", (*WORLD, "store"), stages.index_stage),
-    Stage("oracle", (*WORLD, "store", "agent", "starting_point", "teacher"), stages.oracle_stage),
+    Stage("oracle", (*WORLD, "store", "agent", "starting_point", "teacher"), stages.oracle_stage, _needs_demonstrations),
     Stage("tokenizer", (*WORLD, "starting_point", "tokenizer"), stages.tokenizer_stage, _trains_own_models),
-    Stage("base", (*MODELS, "store", "agent", "eval"), stages.base_stage, _trains_own_models),
+    Stage("base", (*MODELS, "store", "agent", "eval"), stages.base_stage, _needs_base),
     Stage("teacher", (*MODELS, "store", "agent", "eval", "teacher"), stages.teacher_stage),
     Stage("tgo", (*MODELS, "store", "agent", "teacher", "tgo"), stages.tgo_stage),
     Stage("cold-start", (*MODELS, "store", "agent", "eval", "teacher", "tgo", "cold_start"), stages.cold_start_stage,
@@ -61,16 +75,15 @@ STAGES = (
 
 def validate(cfg: PipelineConfig) -> None:
     """Refuse a config that cannot run before any stage starts, with the fix in the message."""
-    if cfg.starting_point not in ("shipped", "scratch"):
-        raise DGPOError(f"unknown starting_point {cfg.starting_point!r}: choose shipped or scratch")
-    if cfg.data.external:
-        missing = [f"data.{k}={v}" for k, v in dataclasses.asdict(cfg.data).items() if not v or not Path(v).is_file()]
-        if missing:
-            raise DGPOError(
-                f"data file(s) not found: {', '.join(missing)}: download Search-R1's data and corpus (README, "
-                "'Real scale') or set data.train/test/corpus in your --config YAML"
-            )
-        raise DGPOError("external Search-R1 data is validated but not yet trainable by `dgpo-agent train`: use the world")
+    if missing := cfg.data.missing_files():
+        raise DGPOError(
+            f"data file(s) not found: {', '.join(missing)}: download Search-R1's data and corpus (README, "
+            "'Real scale') or set data.train/dev/test/corpus in your --config YAML"
+        )
+    if cfg.data.kind == "wikipedia":
+        from dgpo_agent.wikipedia import sample_path
+
+        sample_path()  # gensim installed, or the one-line fix
 
 
 def run_pipeline(cfg: PipelineConfig, stop_after: str | None = None) -> dict[str, dict]:

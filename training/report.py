@@ -31,10 +31,13 @@ def write_report(run: RunDir, summaries: dict[str, dict]) -> Path:
     """Write ``report.md`` (and ``curves.png`` when something was trained)."""
     lines = [f"# dgpo-agent run report: {run.root}", ""]
     metrics = run.oracle_metrics
-    oracle_test = json.loads(metrics.read_text())["test"] if "oracle" in summaries and metrics.is_file() else None
+    # Only the world's oracle is a ceiling: elsewhere the demonstrator knows the answers and skips test.
+    oracle_test = json.loads(metrics.read_text()).get("test") if "oracle" in summaries and metrics.is_file() else None
     rows = model_rows(summaries, oracle_test)
     if len(rows) > 1 or (rows and not oracle_test):
-        lines += ["## Test EM (greedy, entity-disjoint test split, through the graph)", "", *em_table(rows), ""]
+        label = summaries.get("world", {}).get("test_label", "the world's entity-disjoint test split")
+        lines += [f"## Test EM (greedy, {label}, through the graph)", "", *em_table(rows), ""]
+        lines += ["## How each model searched and answered (all test questions)", "", *behaviour_table(rows), ""]
     if oracle_test:
         lines += ["## Oracle (the ceiling) on the test split", "", *metrics_table(oracle_test), ""]
     if "tgo" in summaries:
@@ -57,6 +60,18 @@ def em_table(rows: dict[str, dict]) -> list[str]:
     for name, by_source in rows.items():
         cells = [f"{by_source[s]['em']:.3f}" if s in by_source else "–" for s in sources]
         table.append(f"| {name} | " + " | ".join(cells) + f" | {by_source.get('all', {}).get('n', '–')} |")
+    return table
+
+
+BEHAVIOUR = {"em": "EM", "hit": "hit ratio", "invalid": "invalid-action rate", "searches": "searches", "answered": "answered"}
+
+
+def behaviour_table(rows: dict[str, dict]) -> list[str]:
+    """Models × the headline behaviour metrics over all questions ("–" where a model's summary lacks one)."""
+    table = ["| model | " + " | ".join(BEHAVIOUR.values()) + " |", "|---|" + "---|" * len(BEHAVIOUR)]
+    for name, by_source in rows.items():
+        overall = by_source.get("all", {})
+        table.append(f"| {name} | " + " | ".join(_number(overall[k]) if overall.get(k) is not None else "–" for k in BEHAVIOUR) + " |")
     return table
 
 

@@ -2,10 +2,11 @@
 stages share (``Run``: the config, and the store, questions, corpus and tokenizers, each opened once).
 
     run/config.json                     the settings the last ``dgpo-agent train`` ran with
-    run/world/                          the data: corpus, questions per split, kb, chroma store (``WorldDir``)
+    run/world/                          the data (a generated world, the Wikipedia sample or your files):
+                                        corpus, questions per split, chroma store (``WorldDir``)
     run/oracle/{split}.jsonl            the scripted expert's trajectories, and its metrics.json
     run/tokenizer/                      the world tokenizer
-    run/base/{student,teacher}/         base models (language modelling + copy curriculum)
+    run/base/{student,teacher}/         base models (language modelling + copy curriculum, or a cut checkpoint)
     run/teacher/                        the teacher
     run/tgo/train.jsonl                 the teacher's rollouts with token ids and env mask
     run/cold_start/<method>/            the cold-started student(s), with curve.jsonl
@@ -157,11 +158,21 @@ class Run:
             self._splits[split] = load_questions(self.dir.world.questions(split))
         return self._splits[split][:n]
 
+    @property
+    def corpus_file(self) -> Path:
+        """The passages to index: your corpus file as it is (never copied), else the run's."""
+        return Path(self.cfg.data.corpus) if self.cfg.data.kind == "files" else self.dir.world.corpus
+
+    @property
+    def test_file(self) -> Path:
+        """The test questions as reports name them: your file, else the run's split."""
+        return Path(self.cfg.data.test) if self.cfg.data.kind == "files" else self.dir.world.questions("test")
+
     @cached_property
     def corpus(self) -> list[dict]:
         from dgpo_agent.store import read_corpus
 
-        return list(read_corpus(self.dir.world.corpus))
+        return list(read_corpus(self.corpus_file))
 
     @cached_property
     def tokenizer(self) -> Any:
@@ -172,19 +183,27 @@ class Run:
 
     @cached_property
     def student_tokenizer(self) -> Any:
-        """The student's tokenizer: a given checkpoint's own, or the world tokenizer."""
-        if self.cfg.cold_start.student:
+        """The student's tokenizer: its checkpoint's own (a named or cut one), or the world tokenizer."""
+        if self.cfg.cold_start.student or self.cfg.base.student_from:
             from transformers import AutoTokenizer
 
-            return AutoTokenizer.from_pretrained(self.cfg.cold_start.student)
+            return AutoTokenizer.from_pretrained(self.base_student)
         return self.tokenizer
 
     @property
     def teacher(self) -> str | Path:
         """The teacher checkpoint: a named one, or the run's."""
-        return self.cfg.teacher.model or self.dir.teacher
+        return checkpoint(self.cfg.teacher.model) if self.cfg.teacher.model else self.dir.teacher
 
     @property
     def base_student(self) -> str | Path:
         """Where the student starts: a named checkpoint, or the run's base student."""
-        return self.cfg.cold_start.student or self.dir.base("student")
+        return checkpoint(self.cfg.cold_start.student) if self.cfg.cold_start.student else self.dir.base("student")
+
+
+def checkpoint(spec: str) -> str:
+    """A model named in the config, as ``from_pretrained`` takes it (a packaged model's name becomes
+    its converted folder)."""
+    from dgpo_agent.smollm2 import resolve
+
+    return resolve(spec)

@@ -1,5 +1,5 @@
-"""The stages of ``dgpo-agent train``: world → index → oracle → tokenizer → base models → teacher → TGO
-→ cold start → RL → results, each ``def stage(run: Run) -> dict``.
+"""The stages of ``dgpo-agent train``: world (the data) → index → oracle → tokenizer → base models →
+teacher → TGO → cold start → RL → results, each ``def stage(run: Run) -> dict``.
 
 Each stage reads what its predecessors wrote into the run folder (``training.run.RunDir`` names every
 path) and returns a JSON summary, which the pipeline caches. Every model is a ``save_pretrained``
@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dgpo_agent.training.rl_config import FROM_BASE, check_method
-from dgpo_agent.training.run import Run
-
+from dgpo_agent.training.run import Run, checkpoint
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -112,12 +111,32 @@ def _training_args(settings: Any, out: Path, tracking: Any, **extra: Any) -> Any
 # ------------------------------------------------------------------------------------------ data stages
 
 
-def world_stage(run: Run) -> dict:
-    """The synthetic world, generated from its seed."""
-    from dgpo_agent.world import generate_world
-    from dgpo_agent.world.kb import WorldConfig
+TEST_LABELS = {
+    "world": "the world's entity-disjoint test split",
+    "wikipedia": "the hand-written test questions on the Wikipedia sample",
+}
 
-    return generate_world(run.dir.world.root, WorldConfig.preset(run.cfg.world.size, seed=run.cfg.world.seed))
+
+def world_stage(run: Run) -> dict:
+    """The run's data in a world folder: the synthetic world generated from its seed, the Wikipedia
+    sample with its questions, or your question files (the corpus is indexed where it is)."""
+    kind = run.cfg.data.kind
+    if kind == "world":
+        from dgpo_agent.world import generate_world
+        from dgpo_agent.world.kb import WorldConfig
+
+        summary = generate_world(run.dir.world.root, WorldConfig.preset(run.cfg.world.size, seed=run.cfg.world.seed))
+    elif kind == "wikipedia":
+        from dgpo_agent import wikipedia
+
+        wikipedia.build(run.dir.world.root, articles=run.cfg.data.articles)
+        summary = {"source": "gensim's English Wikipedia sample"}
+    else:
+        from dgpo_agent.training.data_files import write_splits
+
+        summary = write_splits(run.cfg.data, run.dir.world)
+    counts = {split: len(run.questions(split)) for split in ("train", "dev", "test")}
+    return {**summary, "questions": counts, "test_label": TEST_LABELS.get(kind, f"the test split of {run.test_file}")}
 
 
 def index_stage(run: Run) -> dict:
@@ -127,12 +146,13 @@ def index_stage(run: Run) -> dict:
     s = run.cfg.store
     device = s.device or "cpu"
     embedder = Embedder(s.embedder, device=device) if s.embedder else None
-    store = index_corpus(run.dir.world.corpus, run.dir.world.store, s.collection, embedder, s.batch_size, hnsw=s.hnsw(), device=device)
+    store = index_corpus(run.corpus_file, run.dir.world.store, s.collection, embedder, s.batch_size, hnsw=s.hnsw(), device=device)
     return {"passages": store.count()}
 
 
 def oracle_stage(run: Run) -> dict:
-    """The scripted expert's trajectories over the splits the run needs, with their metrics."""
+    """Scripted demonstrations over the splits the run needs, with their metrics: the world's oracle,
+    or on other data the evidence demonstrator (training questions only, for the teacher's SFT)."""
     from dgpo_agent.training.demonstrations import write_demonstrations
 
     return write_demonstrations(run)
@@ -158,7 +178,8 @@ def tokenizer_stage(run: Run) -> dict:
 
 
 def base_stage(run: Run) -> dict:
-    """Base models: language models of the world's passages with the copy curriculum, no protocol.
+    """Base models: language models of the world's passages with the copy curriculum, no protocol;
+    or the student cut from ``base.student_from``.
 
     From the shipped starting point only the base student is needed (the teacher is shipped trained).
     """
@@ -167,7 +188,9 @@ def base_stage(run: Run) -> dict:
     from dgpo_agent.training.zoo import SPECS, build_model, count_params
 
     cfg, summary = run.cfg, {}
-    if cfg.starting_point == "shipped":
+    if cfg.base.student_from:
+        summary = cut_student(run)
+    elif cfg.starting_point == "shipped":
         starting_point.install(run, "base-student")
         summary["source"] = "shipped"
     else:
@@ -185,30 +208,58 @@ def base_stage(run: Run) -> dict:
     return summary
 
 
+def cut_student(run: Run) -> dict:
+    """The base student: ``base.student_layers`` evenly spaced decoder layers of ``base.student_from``
+    (all of them when unset), saved with its tokenizer."""
+    from transformers import AutoTokenizer
+
+    from dgpo_agent.training.zoo import count_params, keep_layers
+
+    source, out = checkpoint(run.cfg.base.student_from), run.dir.base("student")
+    model = load_model(source)
+    kept = keep_layers(model, run.cfg.base.student_layers or model.config.num_hidden_layers)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return {"source": run.cfg.base.student_from, "layers_kept": kept, "params": count_params(model)}
+
+
 def teacher_stage(run: Run) -> dict:
-    """The teacher: a named checkpoint as is, the shipped one, or the base teacher fine-tuned on the
-    oracle's correct demonstrations (``lm_fraction`` of examples from the pretraining stream)."""
+    """The teacher: a named checkpoint as is (``teacher.model``), ``teacher.start_from`` fine-tuned on
+    the correct demonstrations, the shipped one, or the base teacher fine-tuned on them
+    (``lm_fraction`` of examples from the pretraining stream)."""
     from dgpo_agent.training import starting_point
 
     cfg, out = run.cfg, run.dir.teacher
     if cfg.teacher.model:
-        return {"source": cfg.teacher.model, "test": evaluate_dir(run, cfg.teacher.model, "teacher", out)}
+        return {"source": cfg.teacher.model, "test": evaluate_dir(run, run.teacher, "teacher", out)}
+    if cfg.teacher.start_from:
+        from transformers import AutoTokenizer
+
+        start = checkpoint(cfg.teacher.start_from)
+        return {"source": f"{cfg.teacher.start_from}, fine-tuned", **_fine_tune_teacher(run, start, AutoTokenizer.from_pretrained(start))}
     if cfg.starting_point == "shipped":
         starting_point.install(run, "teacher")
         write_agent_record(run, out)
         return {"source": "shipped", "test": _shipped_test(run, out) or evaluate_dir(run, out, "teacher")}
+    return {"source": "trained", **_fine_tune_teacher(run, run.dir.base("teacher"), run.tokenizer)}
+
+
+def _fine_tune_teacher(run: Run, start: str | Path, tokenizer: Any) -> dict:
+    """SFT of ``start`` on the correct training demonstrations into the run's teacher folder; its
+    training summary and test metrics."""
     from dgpo_agent.training.callbacks import train_resumable
     from dgpo_agent.training.data import load_examples
     from dgpo_agent.training.distill import DistillTrainer
 
-    demonstrations = load_examples(run.dir.oracle_split("train"), run.tokenizer, correct_only=True)
-    dataset = with_lm_stream(demonstrations, run.tokenizer, run.corpus, cfg.teacher.lm_fraction, lm_stream(run, cfg.teacher.seed + 1))
+    cfg, out = run.cfg, run.dir.teacher
+    demonstrations = load_examples(run.dir.oracle_split("train"), tokenizer, correct_only=True)
+    dataset = with_lm_stream(demonstrations, tokenizer, run.corpus, cfg.teacher.lm_fraction, lm_stream(run, cfg.teacher.seed + 1))
     trainer = DistillTrainer(
-        model=load_model(run.dir.base("teacher")), args=_training_args(cfg.teacher, out, cfg.tracking), processing_class=run.tokenizer, train_dataset=dataset,
+        model=load_model(start), args=_training_args(cfg.teacher, out, cfg.tracking), processing_class=tokenizer, train_dataset=dataset,
     )
     metrics = train_resumable(trainer)
     write_agent_record(run, out)
-    return {"source": "trained", "train": _train_summary(metrics), "test": evaluate_dir(run, out, "teacher")}
+    return {"demonstrations": len(demonstrations), "train": _train_summary(metrics), "test": evaluate_dir(run, out, "teacher")}
 
 
 def _shipped_test(run: Run, installed: Path) -> dict | None:
@@ -217,7 +268,8 @@ def _shipped_test(run: Run, installed: Path) -> dict | None:
     from dgpo_agent.training import starting_point
     from dgpo_agent.training.evaluate import headline
 
-    if run.cfg.starting_point != "shipped" or (recorded := starting_point.recorded_test(run.cfg, installed)) is None:
+    shipped = run.cfg.starting_point == "shipped" and run.cfg.on_world
+    if not shipped or (recorded := starting_point.recorded_test(run.cfg, installed)) is None:
         return None
     return headline(recorded)
 
@@ -240,10 +292,12 @@ def with_lm_stream(dataset: Any, tokenizer: Any, corpus: list[dict], fraction: f
 
 
 def lm_stream(run: Run, seed: int) -> Any:
-    """The base stage's pretraining stream, as a supervised stage mixes it in."""
+    """The base stage's pretraining stream, as a supervised stage mixes it in: the world's copy drills
+    only on the world, plain passages on any other corpus."""
     from dgpo_agent.training.pretrain import PretrainConfig
 
-    return PretrainConfig(seq_len=run.cfg.base.seq_len, copy_fraction=run.cfg.base.copy_fraction, seed=seed)
+    copies = run.cfg.base.copy_fraction if run.cfg.on_world else 0.0
+    return PretrainConfig(seq_len=run.cfg.base.seq_len, copy_fraction=copies, seed=seed)
 
 
 def tgo_stage(run: Run) -> dict:
@@ -390,7 +444,7 @@ def results_stage(run: Run) -> dict:
         {"name": name, "model": str(path), "metrics": json.loads(run.dir.test_trajectories(path).with_suffix(METRICS_SUFFIX).read_text())}
         for name, path in tested_models(run)
     ]
-    data = describe_data(records, run.dir.world.questions("test"))
+    data = describe_data(records, run.test_file)
     write_report({"data": data, "settings": EvalConfig(agent).describe(), "models": models}, run.dir.arc)
     return {m["name"]: {s: v["em"] for s, v in m["metrics"].items()} for m in models}
 

@@ -1,4 +1,5 @@
-"""The tiny model zoo: Qwen2 shapes for the teacher and the student, built fresh for a tokenizer.
+"""The tiny model zoo: Qwen2 shapes for the teacher and the student, built fresh for a tokenizer; and
+a smaller student cut from a pretrained checkpoint (``keep_layers``).
 
 The student is h128 x 3, the size that learned to copy unseen names in the feasibility study
 (docs/tiny-world.md). The teacher is h192 x 4, about twice the student: optimiser steps matter more
@@ -68,3 +69,27 @@ def build_model(spec: ModelSpec, tokenizer: Any, seed: int = 0) -> Qwen2ForCausa
 def count_params(model: torch.nn.Module) -> int:
     """Trainable parameters, tied embeddings counted once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def keep_layers(model: torch.nn.Module, count: int) -> list[int]:
+    """Cut a decoder-only model (Llama, Qwen2, Mistral ... : ``model.model.layers``) to ``count`` of its
+    layers, evenly spaced with the first and the last kept, in place; returns the kept indices. The
+    embeddings and the vocabulary stay, so the cut model can be distilled from the full one."""
+    import torch
+
+    from dgpo_agent.errors import DGPOError
+
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise DGPOError(f"cannot cut {type(model).__name__}: base.student_layers needs a decoder with model.layers (Llama, Qwen2, Mistral)")
+    total = len(layers)
+    if not 1 <= count <= total:
+        raise DGPOError(f"base.student_layers={count}, but the model has {total} layers: choose 1 to {total}")
+    kept = [0] if count == 1 else sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
+    model.model.layers = torch.nn.ModuleList(layers[i] for i in kept)
+    for index, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = index  # the KV cache is indexed by position in the stack
+    model.config.num_hidden_layers = count
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in kept]
+    return kept

@@ -11,15 +11,12 @@ the context already holds the evidence.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
 
-from dgpo_agent.backends.base import Completion, Context, SamplingParams
-from dgpo_agent.protocol import ChatFormat, parse_action, read_documents, render_observation, render_prompt
-from dgpo_agent.state import Segment
+from dgpo_agent.backends.base import Context
+from dgpo_agent.protocol import read_documents
+from dgpo_agent.scripted import UNKNOWN, ScriptedPolicy, answer, queries, search
 from dgpo_agent.world.corpus import WORK_VOCAB, read_facts
 from dgpo_agent.world.grammar import Parsed, parse_question
-
-UNKNOWN = "unknown"
 
 # How a known fact is said in a thought, and how a missing one is asked for.
 STATEMENTS = {
@@ -96,30 +93,18 @@ class Progress:
     answer: str | None = None
 
 
-class OraclePolicy:
-    """The Policy protocol over the scripted expert (text only: ``encode`` returns None)."""
-
-    def prompt(self, question: str, fmt: ChatFormat = ChatFormat()) -> Segment:
-        return Segment(role="prompt", text=render_prompt(question, fmt=fmt), ids=None)
-
-    def encode(self, text: str) -> list[int] | None:
-        return None
-
-    def observe(self, text: str, after: Segment, fmt: ChatFormat) -> Segment:
-        return Segment(role="env", text=render_observation(text, fmt), ids=None)  # no template: inline
-
-    def generate(self, contexts: Sequence[Context], params: SamplingParams) -> list[Completion]:
-        return [Completion(text=self.turn(c)) for c in contexts]
+class OraclePolicy(ScriptedPolicy):
+    """The scripted expert as a Policy."""
 
     def turn(self, context: Context) -> str:
         """The next generation for one context: a search or an answer, after a short thought."""
         parsed = parse_question(context.question)
         if parsed is None:
-            return _answer("I cannot tell what this question asks.", UNKNOWN)
+            return answer("I cannot tell what this question asks.", UNKNOWN)
         progress = plan(parsed, _memory(context))
         known = " ".join(f"{STATEMENTS[r].format(s=s, o=o)}." for s, r, o in progress.known)
         if progress.answer is not None:
-            return _answer(f"{known} So the answer is {progress.answer}.", progress.answer)
+            return answer(f"{known} So the answer is {progress.answer}.", progress.answer)
         return _search(context, parsed, progress.need, known)
 
 
@@ -160,32 +145,18 @@ def _memory(context: Context) -> Memory:
     return memory
 
 
-def _queries(context: Context) -> list[str]:
-    """The searches the policy already made in this context."""
-    actions = (parse_action(s["text"]) for s in context.segments if s["role"] == "model")
-    return [a.content for a in actions if a.kind == "search"]
-
-
 def _search(context: Context, parsed: Parsed, need: tuple[str, str], known: str) -> str:
     """Search for the missing fact, retry once with other words, then give up."""
     entity, relation = need
     wanted = NEEDS[relation].format(s=entity)
     vocab = WORK_VOCAB.get(parsed.work_type, GENERIC_WORK_VOCAB)
-    queries = [template.format(s=entity, **vocab) for template in QUERIES[relation]]
-    issued = {q.casefold() for q in _queries(context)}
-    fresh = [q for q in queries if q.casefold() not in issued]
+    candidates = [template.format(s=entity, **vocab) for template in QUERIES[relation]]
+    issued = {q.casefold() for q in queries(context)}
+    fresh = [q for q in candidates if q.casefold() not in issued]
     if not fresh:
-        return _answer(f"{known} I could not find {wanted}.", UNKNOWN)
-    if fresh[0] == queries[0]:
+        return answer(f"{known} I could not find {wanted}.", UNKNOWN)
+    if fresh[0] == candidates[0]:
         thought = f"I need to find {wanted}."
     else:
         thought = f"The results do not say {wanted}; I will search with other words."
-    return f"{_think(f'{known} {thought}')}\n<search> {fresh[0]} </search>"
-
-
-def _think(thought: str) -> str:
-    return f"<think> {thought.strip()} </think>"
-
-
-def _answer(thought: str, answer: str) -> str:
-    return f"{_think(thought)}\n<answer> {answer} </answer>"
+    return search(f"{known} {thought}", fresh[0])
