@@ -76,8 +76,8 @@ class EvidencePolicy(ScriptedPolicy):
             return answer("I was not given this question.", UNKNOWN)
         golds = record["golden_answers"]
         for title, text in documents(context):
-            if substring_hit(f"{title} {text}", golds):
-                found = next(g for g in golds if substring_hit(f"{title} {text}", [g]))
+            found = next((g for g in golds if substring_hit(f"{title} {text}", [g])), None)
+            if found is not None:
                 return answer(f"The document {title} says it: {found}.", found)
         made = [q.casefold() for q in queries(context)]
         wanted = [q for q in (record["question"], record.get("article")) if q and q.casefold() not in made]

@@ -25,7 +25,7 @@ from typing import Iterator
 
 from dgpo_agent.errors import DGPOError
 from dgpo_agent.protocol import normalize_answer, split_contents, substring_hit
-from dgpo_agent.world.files import WorldDir
+from dgpo_agent.world.files import WorldDir, write_jsonl
 
 SAMPLE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 QUESTIONS = Path(__file__).parent / "assets" / "wikipedia"
@@ -97,9 +97,9 @@ def build(out_dir: str | Path, words: int = 100, questions: str | Path = QUESTIO
     splits["train"] = train_questions(by_title, [q for split in splits.values() for q in split])
     out = WorldDir(Path(out_dir))
     out.root.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out.corpus, (p for article in by_title.values() for p in article))
+    write_jsonl(out.corpus, (p for article in by_title.values() for p in article))
     for split, records in splits.items():
-        _write_jsonl(out.questions(split), records)
+        write_jsonl(out.questions(split), records)
     return out
 
 
@@ -196,12 +196,3 @@ def _read_questions(path: Path) -> list[dict]:
         if missing:
             raise DGPOError(f"{path}: a question lacks {', '.join(missing)}: give every row id, question, golden_answers and article")
     return rows
-
-
-def _write_jsonl(path: Path, rows) -> None:
-    """Write beside the target and rename, so a failed build never leaves half a file."""
-    partial = path.with_suffix(".partial")
-    with partial.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    partial.replace(path)

@@ -4,8 +4,6 @@ into the run's world folder, so every later stage reads questions the same way w
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dgpo_agent.errors import DGPOError
@@ -30,6 +28,7 @@ def write_splits(data: DataSettings, world: WorldDir) -> dict:
     """Read ``data``'s question files (every one before anything is written), hold out dev when there
     is no dev file, and write ``<split>.jsonl`` into ``world``; returns where each split came from."""
     from dgpo_agent.evals.data import load_dataset
+    from dgpo_agent.world.files import write_jsonl
 
     splits = {"train": load_dataset(data.train), "test": load_dataset(data.test)}
     sources = {"train": data.train, "test": data.test}
@@ -42,7 +41,7 @@ def write_splits(data: DataSettings, world: WorldDir) -> dict:
     _refuse_overlap(splits)
     world.root.mkdir(parents=True, exist_ok=True)
     for split, records in splits.items():
-        _write_jsonl(world.questions(split), records)
+        write_jsonl(world.questions(split), records)
     return {"source": "files", "files": sources, "corpus": data.corpus}
 
 
@@ -53,10 +52,3 @@ def _refuse_overlap(splits: dict[str, list[dict]]) -> None:
         for record in splits[split]:
             if (key := record["question"].strip().casefold()) in test:
                 raise DGPOError(f"test question {test[key]!r} is also in {split} (as {record['id']!r}): remove it from one of the files")
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    """Write beside the target and rename, so an interrupted stage never leaves half a split."""
-    partial = path.with_suffix(".partial")
-    partial.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    partial.replace(path)

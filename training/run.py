@@ -24,6 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dgpo_agent.smollm2 import resolve  # a packaged model's name → its converted folder
 from dgpo_agent.world import WorldDir
 
 if TYPE_CHECKING:
@@ -193,17 +194,9 @@ class Run:
     @property
     def teacher(self) -> str | Path:
         """The teacher checkpoint: a named one, or the run's."""
-        return checkpoint(self.cfg.teacher.model) if self.cfg.teacher.model else self.dir.teacher
+        return resolve(self.cfg.teacher.model) if self.cfg.teacher.model else self.dir.teacher
 
     @property
     def base_student(self) -> str | Path:
         """Where the student starts: a named checkpoint, or the run's base student."""
-        return checkpoint(self.cfg.cold_start.student) if self.cfg.cold_start.student else self.dir.base("student")
-
-
-def checkpoint(spec: str) -> str:
-    """A model named in the config, as ``from_pretrained`` takes it (a packaged model's name becomes
-    its converted folder)."""
-    from dgpo_agent.smollm2 import resolve
-
-    return resolve(spec)
+        return resolve(self.cfg.cold_start.student) if self.cfg.cold_start.student else self.dir.base("student")

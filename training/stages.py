@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from dgpo_agent.training.rl_config import FROM_BASE, check_method
-from dgpo_agent.training.run import Run, checkpoint
+from dgpo_agent.smollm2 import resolve
+from dgpo_agent.training.run import Run
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -215,7 +216,7 @@ def cut_student(run: Run) -> dict:
 
     from dgpo_agent.training.zoo import count_params, keep_layers
 
-    source, out = checkpoint(run.cfg.base.student_from), run.dir.base("student")
+    source, out = resolve(run.cfg.base.student_from), run.dir.base("student")
     model = load_model(source)
     kept = keep_layers(model, run.cfg.base.student_layers or model.config.num_hidden_layers)
     model.save_pretrained(out)
@@ -235,7 +236,7 @@ def teacher_stage(run: Run) -> dict:
     if cfg.teacher.start_from:
         from transformers import AutoTokenizer
 
-        start = checkpoint(cfg.teacher.start_from)
+        start = resolve(cfg.teacher.start_from)
         return {"source": f"{cfg.teacher.start_from}, fine-tuned", **_fine_tune_teacher(run, start, AutoTokenizer.from_pretrained(start))}
     if cfg.starting_point == "shipped":
         starting_point.install(run, "teacher")

@@ -86,6 +86,16 @@ def load_questions(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in lines if line.strip()]
 
 
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """Write a split or corpus beside its target and rename it into place, so a failed or interrupted
+    build never leaves half a file (the Wikipedia sample's and your question files' splits)."""
+    partial = path.with_suffix(".partial")
+    with partial.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    partial.replace(path)
+
+
 def load_kb(world_dir: str | Path) -> KB:
     """The knowledge base a world was generated from (for analysis and fresh-name reservation)."""
     path = WorldDir(Path(world_dir)).kb
