@@ -39,6 +39,7 @@ OUT_OF_RANGE = [
     ("agent", "observations", "system"), ("agent", "examples", 3), ("store", "device", "tpu"),
     ("cold_start", "method", "sft"), ("cold_start", "baselines", ["gkd"]),
     ("data", "source", "web"), ("data", "dev_questions", 0), ("base", "student_layers", 0),
+    ("cold_start", "micro_batch_size", 0), ("cold_start", "teacher_top_k", 0), ("teacher", "micro_batch_size", -2),
 ]
 
 

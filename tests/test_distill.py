@@ -13,7 +13,17 @@ from dgpo_agent import protocol
 from dgpo_agent.errors import DGPOError
 from dgpo_agent.rollout import TokenTrajectory
 from dgpo_agent.training.data import CompletionCollator, encode_segments, from_token_trajectory, load_examples, stop_id
-from dgpo_agent.training.distill import DistillConfig, DistillTrainer, loss_terms, train_kd, train_sft
+from dgpo_agent.training.distill import (
+    DistillConfig,
+    DistillTrainer,
+    TopK,
+    length_chunks,
+    loss_terms,
+    target_loss_terms,
+    top_k_kl,
+    train_kd,
+    train_sft,
+)
 from tests.models import tiny_qwen2, tiny_tokenizer
 
 QUESTION = "Who wrote the novel Moby Dick"
@@ -229,6 +239,85 @@ def test_trainer_loss_mixes_ce_and_kd(tok, tmp_path) -> None:
         terms = loss_terms(student(**batch).logits, batch["labels"], teacher(**batch).logits)
     assert terms.kd.item() > 0
     assert loss.item() == pytest.approx(0.5 * terms.ce.item() + 2.0 * terms.kd.item(), rel=1e-5)
+
+
+def ragged(tok):
+    """Examples of very different lengths: the full trajectories cut short at several points."""
+    from datasets import Dataset
+
+    rows = list(dataset(tok))
+    cuts = [len(rows[0]["input_ids"]) - k * 9 for k in range(len(rows))]
+    return Dataset.from_list([{key: row[key][:cut] for key in ("input_ids", "completion_mask")} for row, cut in zip(rows, cuts)])
+
+
+def loss_and_grads(trainer, model, batch):
+    model.zero_grad()
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+
+def same_grads(grads, expected) -> bool:
+    """Equal up to float summation order: every tensor within 1e-4 of its own largest entry."""
+    return all((g - w).abs().max() <= 1e-4 * w.abs().max() for g, w in zip(grads, expected, strict=True))
+
+
+def test_length_chunks_cut_padding_and_leave_loss_and_gradients_as_they_were(tok, tmp_path) -> None:
+    student, teacher = copy.deepcopy(tiny_qwen2(tok, seed=1)), tiny_qwen2(tok, seed=0)
+    batch = CompletionCollator.for_tokenizer(tok)(list(ragged(tok)))
+    chunks = length_chunks(batch, 3)
+    assert [len(c["input_ids"]) for c in chunks] == [3, 3, 2]
+    assert sum(c["input_ids"].numel() for c in chunks) < batch["input_ids"].numel()  # trailing padding gone
+    assert all(c["attention_mask"][:, -1].any() for c in chunks)
+
+    whole = loss_and_grads(DistillTrainer(student, config(tmp_path), tok, teacher_model=teacher), student, batch)
+    for size in (1, 3):
+        trainer = DistillTrainer(student, config(tmp_path, micro_batch_size=size), tok, teacher_model=teacher)
+        loss, grads = loss_and_grads(trainer, student, batch)
+        assert loss == pytest.approx(whole[0], rel=1e-5)
+        assert same_grads(grads, whole[1])
+
+
+def test_top_k_kl_is_the_full_kl_when_k_is_the_vocabulary_and_never_more_otherwise() -> None:
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(40, 12, generator=gen), 3 * torch.randn(40, 12, generator=gen)
+    targets = torch.randint(0, 12, (40,), generator=gen)
+    full = target_loss_terms(student, targets, teacher).kd
+    logp_s, logp_t = student.log_softmax(-1), teacher.log_softmax(-1)
+    every = logp_t.topk(12, dim=-1)
+    assert target_loss_terms(student, targets, TopK(every.indices, every.values)).kd.item() == pytest.approx(full.item(), rel=1e-5)
+    for k in (1, 4, 8):
+        top = logp_t.topk(k, dim=-1)
+        kl = top_k_kl(logp_s, TopK(top.indices, top.values))
+        assert (kl >= -1e-6).all() and kl.mean().item() <= full.item() + 1e-6
+    assert top_k_kl(logp_t, TopK(top.indices, top.values)).abs().max().item() < 1e-5  # zero when the student is the teacher
+
+
+def test_a_teacher_table_replaces_the_teachers_forward_with_the_same_loss(tok, tmp_path) -> None:
+    student, teacher = copy.deepcopy(tiny_qwen2(tok, seed=1)), tiny_qwen2(tok, seed=0)
+    examples = ragged(tok)
+    live = DistillTrainer(student, config(tmp_path, micro_batch_size=2), tok, teacher_model=teacher, train_dataset=examples)
+    tabled = DistillTrainer(
+        student, config(tmp_path, micro_batch_size=2, teacher_top_k=len(tok)), tok, teacher_model=teacher, train_dataset=examples
+    )
+    assert tabled.teacher_model is None and len(tabled.teacher_table) == len(examples)  # no teacher forward in a step
+    order = [5, 0, 3, 6, 1]  # a shuffled batch: rows are looked up by their dataset index
+    batch = tabled.data_collator([tabled.train_dataset[i] for i in order])
+    assert batch["example"].tolist() == order
+    live_loss, live_grads = loss_and_grads(live, student, batch)
+    loss, grads = loss_and_grads(tabled, student, batch)
+    assert loss == pytest.approx(live_loss, rel=1e-5)
+    assert same_grads(grads, live_grads)
+
+    top_8 = DistillTrainer(student, config(tmp_path, teacher_top_k=8), tok, teacher_model=teacher, train_dataset=examples)
+    assert all(row.ids.shape[1] == 8 for row in top_8.teacher_table)
+    assert 0 < top_8.compute_loss(student, batch).item() <= live_loss + 1e-6
+
+
+def test_chunk_and_table_sizes_are_checked(tmp_path) -> None:
+    for name in ("micro_batch_size", "teacher_top_k"):
+        with pytest.raises(DGPOError, match=f"{name} must be at least 1"):
+            config(tmp_path, **{name: 0})
 
 
 def test_padded_teacher_embeddings_are_sliced(tok, tmp_path) -> None:

@@ -136,6 +136,8 @@ class CompletionCollator:
         return cls(pad)
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """``input_ids``, ``attention_mask`` and ``labels`` (B, T), and ``example`` (B,), the rows'
+        dataset indices, when the examples carry one (what a teacher table is looked up by)."""
         if any("completion_mask" not in f for f in features):
             raise DGPOError(
                 "examples lack completion_mask: build them with dgpo_agent.training.data and keep remove_unused_columns=False"
@@ -150,4 +152,7 @@ class CompletionCollator:
             input_ids[i, :n] = ids
             attention_mask[i, :n] = 1
             labels[i, :n] = ids.masked_fill(torch.as_tensor(f["completion_mask"]) == 0, -100)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if all("example" in f for f in features):
+            batch["example"] = torch.tensor([f["example"] for f in features], dtype=torch.long)
+        return batch

@@ -37,6 +37,13 @@ class DistillConfig(TrainingArguments):
     kd_lambda: float | None = field(default=None, metadata={"help": "weight of forward KL to the teacher (default 1 with a teacher)"})
     ce_weight: float | None = field(default=None, metadata={"help": "weight of cross-entropy on the targets (default 0 when distilling, else 1)"})
     temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the KL term"})
+    micro_batch_size: int | None = field(
+        default=None, metadata={"help": "forward each batch in length-sorted chunks of this many rows (default: the whole batch)"}
+    )
+    teacher_top_k: int | None = field(
+        default=None,
+        metadata={"help": "distil from a table of the teacher's k likeliest tokens, built in one pass before training (default: the teacher's forward every step)"},
+    )
     # The collator needs completion_mask, which is no model input.
     remove_unused_columns: bool = False
 
@@ -44,6 +51,10 @@ class DistillConfig(TrainingArguments):
         super().__post_init__()
         if self.temperature <= 0:
             raise DGPOError(f"temperature must be positive (got {self.temperature})")
+        for name in ("micro_batch_size", "teacher_top_k"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise DGPOError(f"{name} must be at least 1 (got {value})")
         for name in ("kd_lambda", "ce_weight"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -58,6 +69,14 @@ class DistillConfig(TrainingArguments):
         if ce == 0 and kd == 0:
             raise DGPOError("ce_weight and kd_lambda are both 0: set at least one of them above 0")
         return ce, kd
+
+
+class TopK(NamedTuple):
+    """The teacher at N target positions, as its k likeliest tokens: ``ids`` (N, k) and their
+    log-probabilities ``logp`` (N, k) at the KD temperature; the rest of its mass is one outcome."""
+
+    ids: torch.Tensor
+    logp: torch.Tensor
 
 
 class LossTerms(NamedTuple):
@@ -93,18 +112,88 @@ def target_positions(labels: torch.Tensor) -> torch.Tensor:
 
 
 def target_loss_terms(
-    student: torch.Tensor, targets: torch.Tensor, teacher: torch.Tensor | None = None, temperature: float = 1.0
+    student: torch.Tensor, targets: torch.Tensor, teacher: torch.Tensor | TopK | None = None, temperature: float = 1.0
 ) -> LossTerms:
-    """``loss_terms`` on logits already gathered at the N target positions: (N, V) and targets (N,)."""
+    """``loss_terms`` on logits already gathered at the N target positions: (N, V) and targets (N,);
+    the teacher as logits (N, V) or as its table's ``TopK`` rows."""
     tokens = torch.tensor(targets.numel(), device=student.device)
     logp = F.log_softmax(student.float(), dim=-1)
     ce = -logp.gather(-1, targets.unsqueeze(-1)).sum() / tokens.clamp(min=1)
     if teacher is None:
         return LossTerms(ce, None, tokens)
     logp_s = logp if temperature == 1 else F.log_softmax(student.float() / temperature, dim=-1)
-    logp_t = F.log_softmax(teacher.float() / temperature, dim=-1)
-    kd = F.kl_div(logp_s, logp_t, log_target=True, reduction="sum") / tokens.clamp(min=1)
+    if isinstance(teacher, TopK):
+        kd = top_k_kl(logp_s, teacher).sum() / tokens.clamp(min=1)
+    else:
+        logp_t = F.log_softmax(teacher.float() / temperature, dim=-1)
+        kd = F.kl_div(logp_s, logp_t, log_target=True, reduction="sum") / tokens.clamp(min=1)
     return LossTerms(ce, kd, tokens)
+
+
+def top_k_kl(logp_s: torch.Tensor, teacher: TopK) -> torch.Tensor:
+    """(N,) forward KL between teacher and student over k + 1 outcomes: the teacher's k likeliest
+    tokens, and everything else as one. It equals the full KL when the teacher's mass outside its k
+    is 0, and is never more than the full KL; the student is pulled toward the teacher's k tokens
+    and toward the teacher's total mass on the rest."""
+    logp_k = logp_s.gather(-1, teacher.ids)
+    p_t = teacher.logp.exp()
+    rest_t = (1 - p_t.sum(-1)).clamp(min=0)
+    rest_s = (1 - logp_k.exp().sum(-1)).clamp(min=1e-12)
+    return (p_t * (teacher.logp - logp_k)).sum(-1) + torch.xlogy(rest_t, rest_t) - rest_t * rest_s.log()
+
+
+@torch.no_grad()
+def teacher_table(
+    teacher: PreTrainedModel, dataset: Any, collator: Any, vocab_size: int, k: int, temperature: float = 1.0, batch_size: int = 16
+) -> list[TopK]:
+    """The teacher's ``TopK`` at every target position of every example, in one pass.
+
+    The teacher is frozen and the examples are fixed, so its forward in every KD step repeats one
+    of these; reading them from the table leaves a step the student's forward and backward only.
+    Examples go through in length order, so the pass pads little.
+    """
+    device = next(teacher.parameters()).device
+    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
+    table: list[TopK] = [TopK(torch.empty(0), torch.empty(0))] * len(dataset)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = collator([dataset[i] for i in rows])
+        keep = target_positions(batch["labels"])
+        with head_at(keep.to(device), teacher):
+            logits = teacher(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), use_cache=False).logits
+        top = F.log_softmax(logits[..., :vocab_size].float() / temperature, dim=-1).topk(min(k, vocab_size), dim=-1)
+        counts = keep.sum(1).tolist()
+        for i, ids, logp in zip(rows, top.indices.cpu().split(counts), top.values.cpu().split(counts), strict=True):
+            table[i] = TopK(ids, logp)
+    return table
+
+
+def _joined(parts: tuple[torch.Tensor | TopK | None, ...]) -> torch.Tensor | TopK | None:
+    """The teacher's rows of each chunk as one: logits or ``TopK`` concatenated (None without one)."""
+    if parts[0] is None:
+        return None
+    if isinstance(parts[0], TopK):
+        return TopK(*(torch.cat(field) for field in zip(*parts, strict=True)))
+    return torch.cat(parts)
+
+
+def length_chunks(inputs: dict[str, torch.Tensor], size: int | None) -> list[dict[str, torch.Tensor]]:
+    """A right-padded batch as chunks of ``size`` rows of similar length, each cut to its own longest
+    row (the whole batch when ``size`` is None).
+
+    A batch stays the random draw it was, so every optimiser step still mixes kinds of example (a
+    length-grouped sampler, which makes batches of one kind, taught the cold start far less); only
+    the padding goes, and with it much of a step's compute. Causal attention never looks right, so
+    cutting trailing padding leaves every real position's logits as they were.
+    """
+    lengths = inputs["attention_mask"].sum(1)
+    if size is None or size >= len(lengths):
+        return [inputs]
+    chunks = []
+    for rows in lengths.argsort(stable=True).split(size):
+        width = int(lengths[rows].max())
+        chunks.append({key: value[rows, :width] if value.dim() > 1 else value[rows] for key, value in inputs.items()})
+    return chunks
 
 
 @contextmanager
@@ -159,9 +248,10 @@ def _vocab_mismatch(teacher: int, student: int) -> DGPOError:
 class DistillTrainer(Trainer):
     """SFT (no teacher) or forward-KL KD from a frozen teacher on completion-masked examples.
 
-    The teacher runs in eval mode under ``no_grad`` on the same batch. Each micro-batch's loss is
-    its token mean, so gradient accumulation averages micro-batches (as TRL's GKD does). The CE and
-    KD terms are logged separately as ``ce`` and ``kd``.
+    The teacher runs in eval mode under ``no_grad`` on the same batch, or, with ``teacher_top_k``,
+    once over the training examples before the first step (``teacher_table``). A batch's loss is its
+    token mean whatever ``micro_batch_size`` chunks it into; gradient accumulation averages batches
+    (as TRL's GKD does). The CE and KD terms are logged separately as ``ce`` and ``kd``.
     """
 
     # compute_loss returns a per-micro-batch mean: the Trainer divides it by the accumulation steps.
@@ -179,6 +269,12 @@ class DistillTrainer(Trainer):
     ) -> None:
         self.vocab_size = check_vocab(processing_class, model, teacher_model, teacher_tokenizer)
         self.ce_weight, self.kd_lambda = args.loss_weights(teacher_model is not None)
+        tabled = teacher_model is not None and bool(self.kd_lambda) and args.teacher_top_k is not None
+        if tabled:
+            dataset = kwargs.get("train_dataset")
+            if dataset is None:
+                raise DGPOError("teacher_top_k tables the teacher on the training examples: pass train_dataset")
+            kwargs["train_dataset"] = dataset.add_column("example", list(range(len(dataset))))
         super().__init__(
             model=model,
             args=args,
@@ -187,9 +283,15 @@ class DistillTrainer(Trainer):
             **kwargs,
         )
         self.teacher_model = None
+        self.teacher_table: list[TopK] | None = None
         if teacher_model is not None and self.kd_lambda:
-            self.teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
-            self.teacher_model.eval()
+            teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True).eval()
+            if tabled:
+                self.teacher_table = teacher_table(
+                    teacher, self.train_dataset, self.data_collator, self.vocab_size, args.teacher_top_k, args.temperature
+                )
+            else:
+                self.teacher_model = teacher
         self._loss_logs: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     def compute_loss(
@@ -199,22 +301,34 @@ class DistillTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        batch = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "use_cache": False}
-        keep = target_positions(inputs["labels"])
-        with head_at(keep, model, self.teacher_model):
-            outputs = model(**batch)
-            teacher_logits = None
-            if self.teacher_model is not None:
-                with torch.no_grad():
-                    teacher_logits = self.teacher_model(**batch).logits[..., : self.vocab_size]
-        targets = inputs["labels"][:, 1:][keep[:, :-1]]
-        terms = target_loss_terms(outputs.logits[..., : self.vocab_size], targets, teacher_logits, self.args.temperature)
+        chunks = length_chunks(inputs, self.args.micro_batch_size)
+        student, teacher, targets = zip(*(self._target_logits(model, chunk) for chunk in chunks))
+        logits = torch.cat(student)
+        terms = target_loss_terms(logits, torch.cat(targets), _joined(teacher), self.args.temperature)
         loss = self.ce_weight * terms.ce + (self.kd_lambda * terms.kd if terms.kd is not None else 0.0)
         logs = self._loss_logs["train" if model.training else "eval"]
         logs["ce"].append(terms.ce.item())
         if terms.kd is not None:
             logs["kd"].append(terms.kd.item())
-        return (loss, outputs) if return_outputs else loss
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+    def _target_logits(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | TopK | None, torch.Tensor]:
+        """The student's logits at the batch's N target positions, (N, V), the teacher there (its
+        logits, or its table's rows) and the N targets: the LM heads run only there (``head_at``)."""
+        batch = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "use_cache": False}
+        keep = target_positions(inputs["labels"])
+        with head_at(keep, model, self.teacher_model):
+            student = model(**batch).logits[..., : self.vocab_size]
+            teacher = None
+            if self.teacher_model is not None:
+                with torch.no_grad():
+                    teacher = self.teacher_model(**batch).logits[..., : self.vocab_size]
+        if self.teacher_table is not None:
+            rows = [self.teacher_table[i] for i in inputs["example"].tolist()]
+            teacher = TopK(*(torch.cat(part).to(student.device) for part in zip(*rows, strict=True)))
+        return student, teacher, inputs["labels"][:, 1:][keep[:, :-1]]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"

@@ -92,6 +92,7 @@ def _training_args(settings: Any, out: Path, tracking: Any, **extra: Any) -> Any
         output_dir=str(out),
         max_steps=settings.steps,
         per_device_train_batch_size=settings.batch_size,
+        micro_batch_size=settings.micro_batch_size,
         learning_rate=settings.lr,
         lr_scheduler_type=settings.scheduler,
         warmup_steps=settings.warmup_steps,
@@ -331,7 +332,7 @@ def _cold_start(run: Run, method: str) -> dict:
     clear_evaluation(out)
     tokenizer = run.student_tokenizer
     teacher = load_model(run.teacher).eval() if method == "kd" else None
-    weights = dict(kd_lambda=c.kd_lambda, ce_weight=c.ce_weight, temperature=c.temperature) if teacher else dict(kd_lambda=0.0)
+    weights = dict(kd_lambda=c.kd_lambda, ce_weight=c.ce_weight, temperature=c.temperature, teacher_top_k=c.teacher_top_k) if teacher else dict(kd_lambda=0.0)
     dataset = with_lm_stream(load_examples(run.dir.tgo, correct_only=True), tokenizer, run.corpus, c.lm_fraction, lm_stream(run, c.seed + 2))
     trainer = DistillTrainer(
         model=load_model(run.base_student), args=_training_args(c, out, run.cfg.tracking, **weights), processing_class=tokenizer,
