@@ -449,15 +449,15 @@ def set_only(data: dict) -> dict:
 _TINY: dict[str, Any] = {
     # The teacher sampled once at 1.0 over 2,000 training questions; RL's pool is the rest.
     "tgo": {"questions": 2000, "samples_per_question": 1, "max_new_tokens": 96},
-    # RL at CPU scale, every setting chosen on dev questions (bench/README.md, rl_tune); a pool of 64
-    # training questions, so each comes back every other step and the reward shows what RL learns.
+    # RL at CPU scale, every setting chosen on dev questions (bench/README.md, rl_tune and "RL's pool
+    # of questions"): each step's 32 questions are new ones, never a pool that comes back.
     "rl": {
-        "max_steps": 30, "rollout_batch_size": 32, "group_size": 4, "questions": 64,
+        "max_steps": 30, "rollout_batch_size": 32, "group_size": 4,
         "learning_rate": 1e-4, "critic_learning_rate": 1e-4, "warmup_ratio": 0.1, "temperature": 0.7, "max_new_tokens": 96,
         "save_every": 10, "eval_every": 10,
     },
-    # The teacher's top 64 tokens cover all but a few percent of its mass (most of the rest sits on
-    # pretraining text), and a table of them replaces its forward in every KD step.
+    # The teacher's top 64 tokens hold nearly all of its mass (bench/README.md, "Pipeline stages"), and
+    # a table of them replaces its forward in every KD step; chunks of 2 cut the padding.
     "cold_start": {"eval_every": 600, "micro_batch_size": 2, "teacher_top_k": 64},
 }
 
