@@ -153,7 +153,8 @@ def teacher_table(
     Examples go through in length order, so the pass pads little.
     """
     device = next(teacher.parameters()).device
-    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    order = sorted(range(len(dataset)), key=lengths.__getitem__)
     table: list[TopK] = [TopK(torch.empty(0), torch.empty(0))] * len(dataset)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
@@ -254,7 +255,7 @@ class DistillTrainer(Trainer):
     (as TRL's GKD does). The CE and KD terms are logged separately as ``ce`` and ``kd``.
     """
 
-    # compute_loss returns a per-micro-batch mean: the Trainer divides it by the accumulation steps.
+    # compute_loss returns each batch's token mean: the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
     def __init__(
