@@ -139,7 +139,7 @@ def test_selective_kl_penalises_only_wrong_rollouts(tok, tmp_path):
     assert last["wrong_frac"] == last["penalised_frac"] == 1.0
 
 
-@pytest.mark.parametrize("kl_on, estimator, teacher_rows", [("wrong", "k1", [1, 3]), ("none", "k3", [1, 3]), ("all", "k1", [0, 1, 2, 3]), ("wrong", "full", [1, 3])])
+@pytest.mark.parametrize("kl_on, estimator, teacher_rows", [("wrong", "k1", [1, 3]), ("none", "k3", [1, 3]), ("all", "k1", [0, 1, 2, 3]), ("wrong", "full", [1, 3]), ("all", "forward", [0, 1, 2, 3])])
 def test_the_teacher_runs_only_on_the_rollouts_whose_kl_is_used(tok, tmp_path, kl_on, estimator, teacher_rows):
     """Correct rollouts get no KL, so the teacher's forward pass skips them (all rollouts under kl_on: all)."""
     rl = trainer(tok, rl_config(tmp_path, kl_on=kl_on, kl_estimator=estimator, micro_batch_size=1))
@@ -218,12 +218,12 @@ def test_an_update_raises_rewarded_rollouts_and_lowers_the_others(tok, tmp_path,
 
 @pytest.mark.parametrize(
     "algorithm, guidance, estimator",
-    [("grpo", "reward", "k1"), ("grpo", "advantage", "k1"), ("grpo", "loss", "full"), ("gkd", "advantage", "k1"), ("gkd", "loss", "k3")],
+    [("grpo", "reward", "k1"), ("grpo", "advantage", "k1"), ("grpo", "loss", "full"), ("gkd", "advantage", "k1"), ("gkd", "loss", "k3"), ("gkd", "loss", "forward")],
 )
 def test_the_teacher_term_pulls_wrong_rollouts_towards_the_teacher(tok, tmp_path, algorithm, guidance, estimator):
     """Four wrong one-token rollouts, so the teacher's term is the only signal, in whichever form it
     enters (reward, per-token advantage, or loss). On the sampled tokens (k1, k3) each token's log-prob
-    moves towards the teacher's; the exact KL over the vocabulary falls at every position."""
+    moves towards the teacher's; the exact KL over the vocabulary (in the direction used) falls at every position."""
     config = rl_config(tmp_path, algorithm=algorithm, beta=1.0, guidance=guidance, kl_estimator=estimator, kl_on="all", **PLAIN)
     rl = trainer(tok, config)
     batch = pack([TokenTrajectory([1, 2, 3 + i // 2], [10 + i], [0], None) for i in range(4)], pad_id=0)
@@ -231,11 +231,11 @@ def test_the_teacher_term_pulls_wrong_rollouts_towards_the_teacher(tok, tmp_path
     def exact_kl() -> torch.Tensor:
         with torch.no_grad():
             logits = rl._forward_logits(rl.model, batch), rl._forward_logits(rl.teacher, batch)
-        return obj.full_kl(*logits)
+        return obj.full_kl(*logits, estimator if estimator in obj.EXACT else "full")
 
     kl_before = exact_kl()
     before, after, batch = update_on(rl, [[10 + i] for i in range(4)], [0], [0.0] * 4)
-    if estimator == "full":
+    if estimator in obj.EXACT:
         assert (exact_kl() < kl_before).all()
         return
     with torch.no_grad():

@@ -72,6 +72,23 @@ def test_k3_is_nonnegative_and_full_kl_is_exact():
     p, q = torch.tensor([0.7, 0.2, 0.1]), torch.tensor([0.2, 0.5, 0.3])
     exact = sum(pi * math.log(pi / qi) for pi, qi in zip(p.tolist(), q.tolist()))
     assert obj.full_kl(p.log(), q.log()).item() == pytest.approx(exact, rel=1e-5)
+    forward = sum(qi * math.log(qi / pi) for pi, qi in zip(p.tolist(), q.tolist()))
+    assert obj.full_kl(p.log(), q.log(), "forward").item() == pytest.approx(forward, rel=1e-5)
+
+
+def test_only_the_forward_kl_pulls_up_a_teacher_token_the_student_almost_never_gives():
+    """A student far from its teacher: the teacher's likeliest token has probability ~1e-4 under the
+    student. The reverse KL's gradient on a logit is proportional to the student's own probability, so
+    it barely raises that token; the forward KL's is π_θ − π_T, a pull of almost the teacher's mass."""
+    teacher = torch.tensor([6.0, 0.0, 0.0, 0.0])
+    pulls = {}
+    for estimator in ("full", "forward"):
+        student = torch.tensor([-4.0, 5.0, 0.0, 0.0], requires_grad=True)
+        obj.full_kl(student, teacher, estimator).backward()
+        pulls[estimator] = -student.grad[0].item()  # how fast descent raises the teacher's token
+    assert pulls["forward"] > 0.9 and 0 < pulls["full"] < 0.01
+    with pytest.raises(ValueError, match="full or forward"):
+        obj.full_kl(teacher, teacher, "k1")
 
 
 def test_gae_with_unit_gamma_lambda_is_return_minus_value_skipping_retrieved_tokens():

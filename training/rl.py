@@ -428,8 +428,8 @@ class RLTrainer:
                 teacher_s += _synced_time() - started
                 sub = micro.rows(rows)
                 teacher_logp[index[rows]] = self._token_logprobs(teacher_logits, sub)
-                if self.config.kl_estimator == "full":
-                    kl[index[rows]] = self._on_tokens(obj.full_kl(logits[self._tokens_of(micro, rows)], teacher_logits), sub)
+                if self.config.kl_estimator in obj.EXACT:
+                    kl[index[rows]] = self._on_tokens(obj.full_kl(logits[self._tokens_of(micro, rows)], teacher_logits, self.config.kl_estimator), sub)
                 else:
                     kl[index[rows]] = obj.sampled_kl(logp[index[rows]], teacher_logp[index[rows]], self.config.kl_estimator) * sub.mask
         return _Scored(logp, entropy, values, kl, teacher_logp, teacher_s)
@@ -577,14 +577,14 @@ class RLTrainer:
         return terms
 
     def _kl_now(self, logits: torch.Tensor, logp: torch.Tensor, micro: Batch, teacher_logp: torch.Tensor, penalised: torch.Tensor) -> torch.Tensor:
-        """KL(π_θ ‖ π_T) per token under the current weights, differentiable in them (``guidance:
-        loss``), on the penalised rows (0 elsewhere): exact over the vocabulary (the teacher's forward
-        again, on those rows only), or k3 on the sampled tokens."""
-        if self.config.kl_estimator == "full":
+        """The KL to the teacher per token under the current weights, differentiable in them
+        (``guidance: loss``), on the penalised rows (0 elsewhere): exact over the vocabulary in either
+        direction (the teacher's forward again, on those rows only), or k3 on the sampled tokens."""
+        if self.config.kl_estimator in obj.EXACT:
             kl = torch.zeros_like(micro.mask)
             if penalised.bool().any():
                 rows, teacher_logits = self._teacher_logits(micro, penalised.bool())
-                kl[rows] = self._on_tokens(obj.full_kl(logits[self._tokens_of(micro, rows)], teacher_logits), micro.rows(rows))
+                kl[rows] = self._on_tokens(obj.full_kl(logits[self._tokens_of(micro, rows)], teacher_logits, self.config.kl_estimator), micro.rows(rows))
             return kl
         known = (penalised.unsqueeze(1) * micro.mask).bool()
         return obj.sampled_kl(logp, torch.where(known, teacher_logp, logp), "k3")

@@ -41,7 +41,10 @@ class RLConfig:
     ``reward``, the reference code's, subtracts β·kl_t from each token's reward, so the return sums it
     over every later token and a rollout lowers its penalty by being short; ``advantage`` subtracts
     β·kl_t from that token's advantage alone (on-policy distillation's per-token signal, which no
-    length can game); ``loss`` adds β·KL_t(π_θ ‖ π_T), differentiated through the policy, to the loss.
+    length can game); ``loss`` adds β·KL_t, differentiated through the policy, to the loss. ``kl_t`` is
+    KL(π_θ ‖ π_T) (exact, ``full``, or estimated on the sampled token, ``k1``/``k3``) or the exact
+    forward KL(π_T ‖ π_θ) (``forward``: the cold start's loss, which raises the teacher's tokens even
+    where the student gives them almost nothing).
     """
 
     output_dir: str = field(default="runs/rl", metadata={"help": "checkpoints, metrics.jsonl and the final policy"})
@@ -52,7 +55,10 @@ class RLConfig:
     beta: float = field(default=1.0, metadata={"help": "weight of the teacher term (the reference code's: 0.001, in the reward)"})
     guidance: Literal["reward", "advantage", "loss"] = field(default="loss", metadata={"help": "where the teacher term enters: each token's reward (the reference code), its advantage, or the loss"})
     kl_on: Literal["wrong", "all", "none"] = field(default="wrong", metadata={"help": "which rollouts get the teacher term: score < reward_threshold (DGPO), all, none"})
-    kl_estimator: Literal["k1", "k3", "full"] = field(default="full", metadata={"help": "the exact full-vocabulary KL, k1 = log π_θ − log π_T (the reference code's) or k3"})
+    kl_estimator: Literal["k1", "k3", "full", "forward"] = field(
+        default="full",
+        metadata={"help": "full: the exact KL(π_θ ‖ π_T) over the vocabulary; forward: the exact KL(π_T ‖ π_θ), the cold start's loss on the student's own tokens; k1 = log π_θ − log π_T (the reference code's) or k3 on the sampled tokens"},
+    )
     reward_threshold: float = field(default=0.1, metadata={"help": "rollouts scoring below this count as wrong"})
     learning_rate: float = field(default=1e-6, metadata={"help": "policy learning rate"})
     critic_learning_rate: float = field(default=1e-5, metadata={"help": "value-model learning rate"})
@@ -89,7 +95,7 @@ class RLConfig:
     def __post_init__(self) -> None:
         choices = {
             "algorithm": ("ppo", "grpo", "gkd"), "guidance": ("reward", "advantage", "loss"), "precision": ("fp32", "bf16"),
-            "kl_on": ("wrong", "all", "none"), "kl_estimator": ("k1", "k3", "full"),
+            "kl_on": ("wrong", "all", "none"), "kl_estimator": ("k1", "k3", "full", "forward"),
         }
         for name, allowed in choices.items():
             one_of(name, getattr(self, name), allowed)
@@ -111,7 +117,7 @@ class RLConfig:
         if self.algorithm == "gkd" and (self.kl_on == "none" or self.beta == 0):
             raise DGPOError("gkd learns from the teacher term alone: set beta > 0 and kl_on to all (or wrong)")
         if self.guidance == "loss" and self.kl_estimator == "k1":
-            raise DGPOError("guidance: loss needs kl_estimator full or k3: k1's gradient is zero in expectation")
+            raise DGPOError("guidance: loss needs kl_estimator full, forward or k3: k1's gradient is zero in expectation")
         if self.num_minibatches > self.rollout_batch_size * self.group_size:
             raise DGPOError(f"num_minibatches={self.num_minibatches} exceeds the {self.rollout_batch_size * self.group_size} rollouts per step")
         if self.critic_warmup_steps and not self.uses_critic:

@@ -5,10 +5,11 @@ t holds the value for token t. ``mask`` is 1 on tokens the model generated and 0
 retrieved / corrective text the environment inserted, and on padding. Retrieved tokens therefore
 never carry a reward, a KL penalty, an advantage or a loss term.
 
-The teacher enters only through the reward, as in the reference implementation: for a rollout whose
-score is below the threshold (wrong, malformed or unanswered), each model token gets the penalty
-β·kl_t, where kl_t is a single-sample estimate of KL(π_θ ‖ π_teacher) (k1: log π_θ − log π_T on the
-sampled token). Correct rollouts get no KL term at all.
+For a rollout whose score is below the threshold (wrong, malformed or unanswered), each model token
+gets the teacher's term β·kl_t: a single-sample estimate of KL(π_θ ‖ π_teacher) (k1, the reference
+implementation's, or k3) or the exact KL over the vocabulary in either direction. It enters the
+reward (the reference implementation), the token's advantage or the loss (``rl_config.RLConfig``).
+Correct rollouts get no KL term at all.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-KLEstimator = Literal["k1", "k3", "full"]
+KLEstimator = Literal["k1", "k3", "full", "forward"]
+EXACT: tuple[KLEstimator, ...] = ("full", "forward")  # the estimators computed over the whole vocabulary
 KLOn = Literal["wrong", "all", "none"]
 
 
@@ -51,14 +53,25 @@ def sampled_kl(logp: torch.Tensor, teacher_logp: torch.Tensor, estimator: KLEsti
         return diff
     if estimator == "k3":
         return torch.expm1(-diff) + diff
-    raise ValueError(f"sampled_kl takes k1 or k3, not {estimator!r}: use full_kl for the full vocabulary")
+    raise ValueError(f"sampled_kl takes k1 or k3, not {estimator!r}: use full_kl for full and forward")
 
 
-def full_kl(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """Exact KL(π_θ ‖ π_teacher) at each position, summed over the vocabulary: (…, V) → (…)."""
+def full_kl(logits: torch.Tensor, teacher_logits: torch.Tensor, estimator: KLEstimator = "full") -> torch.Tensor:
+    """The exact KL at each position, summed over the vocabulary: (…, V) → (…).
+
+    ``full``: KL(π_θ ‖ π_teacher), the reverse direction the reference code estimates (mode-seeking:
+    its pull on a token is proportional to the student's own probability of it). ``forward``:
+    KL(π_teacher ‖ π_θ), the cold start's distillation loss on the student's own tokens
+    (mass-covering: it raises the teacher's tokens even where the student gives them almost nothing,
+    which is what a student far from the teacher needs).
+    """
     logp = torch.log_softmax(logits.float(), dim=-1)
     logq = torch.log_softmax(teacher_logits.float(), dim=-1)
-    return (logp.exp() * (logp - logq)).sum(-1)
+    if estimator == "full":
+        return (logp.exp() * (logp - logq)).sum(-1)
+    if estimator == "forward":
+        return (logq.exp() * (logq - logp)).sum(-1)
+    raise ValueError(f"full_kl takes full or forward, not {estimator!r}: use sampled_kl for k1 and k3")
 
 
 def penalised_rows(scores: torch.Tensor, threshold: float, kl_on: KLOn = "wrong") -> torch.Tensor:
