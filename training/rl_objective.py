@@ -9,7 +9,7 @@ For a rollout whose score is below the threshold (wrong, malformed or unanswered
 gets the teacher's term β·kl_t: a single-sample estimate of KL(π_θ ‖ π_teacher) (k1, the reference
 implementation's, or k3) or the exact KL over the vocabulary in either direction. It enters the
 reward (the reference implementation), the token's advantage or the loss (``rl_config.RLConfig``).
-Correct rollouts get no KL term at all.
+Under DGPO's selective mask (``kl_on: wrong``) correct rollouts get no KL term at all.
 """
 
 from __future__ import annotations
