@@ -429,7 +429,7 @@ class RLTrainer:
                 sub = micro.rows(rows)
                 teacher_logp[index[rows]] = self._token_logprobs(teacher_logits, sub)
                 if self.config.kl_estimator in obj.EXACT:
-                    kl[index[rows]] = self._on_tokens(obj.full_kl(logits[self._tokens_of(micro, rows)], teacher_logits, self.config.kl_estimator), sub)
+                    kl[index[rows]] = self._exact_kl(logits, teacher_logits, micro, rows)
                 else:
                     kl[index[rows]] = obj.sampled_kl(logp[index[rows]], teacher_logp[index[rows]], self.config.kl_estimator) * sub.mask
         return _Scored(logp, entropy, values, kl, teacher_logp, teacher_s)
@@ -445,6 +445,11 @@ class RLTrainer:
         picked = rows.nonzero().squeeze(1)
         with torch.no_grad():
             return picked, self._forward_logits(self.teacher, micro.rows(picked))
+
+    def _exact_kl(self, logits: torch.Tensor, teacher_logits: torch.Tensor, micro: Batch, rows: torch.Tensor) -> torch.Tensor:
+        """The exact KL to the teacher (``kl_estimator``'s direction) per token of the picked ``rows``,
+        (len(rows), L): ``logits`` are the micro-batch's, ``teacher_logits`` those rows' alone."""
+        return self._on_tokens(obj.full_kl(logits[self._tokens_of(micro, rows)], teacher_logits, self.config.kl_estimator), micro.rows(rows))
 
     @staticmethod
     def _tokens_of(micro: Batch, rows: torch.Tensor) -> torch.Tensor:
@@ -584,7 +589,7 @@ class RLTrainer:
             kl = torch.zeros_like(micro.mask)
             if penalised.bool().any():
                 rows, teacher_logits = self._teacher_logits(micro, penalised.bool())
-                kl[rows] = self._on_tokens(obj.full_kl(logits[self._tokens_of(micro, rows)], teacher_logits, self.config.kl_estimator), micro.rows(rows))
+                kl[rows] = self._exact_kl(logits, teacher_logits, micro, rows)
             return kl
         known = (penalised.unsqueeze(1) * micro.mask).bool()
         return obj.sampled_kl(logp, torch.where(known, teacher_logp, logp), "k3")
