@@ -7,10 +7,13 @@ and seed gets its own copy of the run (hard links: nothing is retrained) and run
 (KL on all rollouts, each form of the teacher's term) are arms too. The cold start and the teacher
 are shared by every arm and seed, so the spread is RL's own. Test EM is greedy, through the graph, on
 the entity-disjoint test split, per ``data_source``; each arm's gap to the first arm is paired by seed.
+Every arm's config is built and checked before anything trains, so a bad setting in the last arm
+fails at once; ``--arms`` with ``--arms-file`` runs only the named arms of the file.
 
     dgpo-agent train --stop-after cold-start
     python bench/rl_compare.py --run runs/tiny --seeds 0 1 2 --arms dgpo ppo grpo
-    python bench/rl_compare.py --run runs/tiny --seeds 0 1 2 --arms-file bench/arms/ablations.yaml --out bench/results/rl_ablations.json
+    python bench/rl_compare.py --run runs/tiny --seeds 0 1 2 --arms-file bench/arms/kl_on.yaml --out bench/results/rl_kl_on.json
+    python bench/rl_compare.py --run runs/tiny --seeds 0 --arms-file bench/arms/from_base_hour.yaml --arms gkd-from-base-forward-60
 
 Beside the JSON it writes the training curves of every arm over the seeds (reward, dev EM, KL to the
 teacher, entropy, response length, searches) as a PNG of the same name; ``--plot-only`` redraws that
@@ -25,7 +28,13 @@ import shutil
 import statistics
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
+from dgpo_agent.errors import DGPOError
 from dgpo_agent.training.run import RunDir
+
+if TYPE_CHECKING:
+    from dgpo_agent.training.config import PipelineConfig
 
 SHARED = ("world", "index", "oracle", "tokenizer", "base", "teacher", "tgo", "cold-start")  # the prepared stages every arm reuses
 
@@ -34,19 +43,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=Path("runs/tiny"), help="a run prepared through the cold start")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", default=["dgpo", "ppo", "grpo"], help="RL methods, each an arm with the run's settings")
-    parser.add_argument("--arms-file", type=Path, help="YAML: arm name -> {method, rl: {settings}}; replaces --arms")
+    parser.add_argument("--arms", nargs="+", help="RL methods, each an arm with the run's settings (default dgpo ppo grpo); with --arms-file, which of its arms to run")
+    parser.add_argument("--arms-file", type=Path, help="YAML: arm name -> {method, rl: {settings}}")
     parser.add_argument("--config", type=Path, help="YAML overrides every arm shares (e.g. rl.max_steps), as for dgpo-agent train")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-rl"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/rl_compare.json"))
     parser.add_argument("--plot-only", action="store_true", help="only redraw the curves from the logs under --work")
     args = parser.parse_args()
 
-    arms = read_arms(args.arms_file) if args.arms_file else {name: {"method": name} for name in args.arms}
-    if args.plot_only:
-        print(plot(args.work, arms, args.out.with_suffix(".png")))
-        return
-    runs = {arm: {seed: run_arm(args, arm, spec, seed) for seed in args.seeds} for arm, spec in arms.items()}
+    try:
+        arms = select_arms(args.arms_file, args.arms)
+        if args.plot_only:
+            print(plot(args.work, arms, args.out.with_suffix(".png")))
+            return
+        preset = prepared_preset(args.run)
+        configs = {
+            arm: {seed: arm_config(preset, args.config, args.work, arm, spec, seed) for seed in args.seeds}
+            for arm, spec in arms.items()
+        }
+    except DGPOError as err:
+        raise SystemExit(f"error: {err}") from None
+    runs = {arm: {seed: run_arm(args.run, configs[arm][seed], spec["method"]) for seed in args.seeds} for arm, spec in arms.items()}
     table = summarise(runs, arms)
     gaps = paired_gaps(runs, arms, next(iter(arms)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -56,27 +73,51 @@ def main() -> None:
     print(plot(args.work, arms, args.out.with_suffix(".png")))
 
 
+def select_arms(path: Path | None, names: list[str] | None) -> dict[str, dict]:
+    """The arms to run: the named methods, or an arms file's arms (only the named ones, if any)."""
+    if path is None:
+        return {name: {"method": name} for name in names or ["dgpo", "ppo", "grpo"]}
+    arms = read_arms(path)
+    unknown = sorted(set(names or []) - set(arms))
+    if unknown:
+        raise DGPOError(f"no arm {', '.join(unknown)} in {path}: choose among {', '.join(arms)}")
+    return {name: arms[name] for name in names} if names else arms
+
+
 def read_arms(path: Path) -> dict[str, dict]:
+    """An arms file: arm name -> {method, rl: {settings}}."""
     from dgpo_agent.training.config import read_yaml
 
     arms = read_yaml(path, "--arms-file")
     for name, spec in arms.items():
         if not isinstance(spec, dict) or "method" not in spec or set(spec) - {"method", "rl"}:
-            raise SystemExit(f"error: arm {name!r} in {path} must be {{method: NAME, rl: {{settings}}}}")
+            raise DGPOError(f"arm {name!r} in {path} must be {{method: NAME, rl: {{settings}}}}")
     return arms
 
 
-def run_arm(args: argparse.Namespace, arm: str, spec: dict, seed: int) -> dict:
-    """The rl and results stages of one arm's and seed's copy of the prepared run; returns their summaries."""
+def prepared_preset(run: Path) -> str:
+    """The preset of a run prepared through the cold start, or a one-line error saying how to prepare it."""
+    marker = RunDir(run).marker("cold-start")
+    if not marker.is_file():
+        raise DGPOError(f"{run} is not prepared through the cold start: run `dgpo-agent train --out {run} --stop-after cold-start` first")
+    return json.loads(RunDir(run).config.read_text())["preset"]
+
+
+def arm_config(preset: str, config: Path | None, work: Path, arm: str, spec: dict, seed: int) -> PipelineConfig:
+    """One arm's and seed's pipeline config, checked like any run's: a bad arm fails before anything trains."""
     from dgpo_agent.training.config import load_config
+
+    overrides = {"rl": {**spec.get("rl", {}), "method": spec["method"], "baselines": [], "seed": seed}}
+    return load_config(preset, config, out=work / arm / f"seed{seed}", overrides=overrides)
+
+
+def run_arm(run: Path, cfg: PipelineConfig, method: str) -> dict:
+    """The rl and results stages of one arm's and seed's copy of the prepared run; returns their summaries."""
     from dgpo_agent.training.pipeline import run_pipeline
 
-    work = args.work / arm / f"seed{seed}"
-    overrides = {"rl": {**spec.get("rl", {}), "method": spec["method"], "baselines": [], "seed": seed}}
-    cfg = load_config(json.loads(RunDir(args.run).config.read_text())["preset"], args.config, out=work, overrides=overrides)
-    link_prepared(args.run, work)
+    link_prepared(run, Path(cfg.out))
     summaries = run_pipeline(cfg)
-    rl = summaries["rl"][spec["method"]]
+    rl = summaries["rl"][method]
     return {"rl": {k: rl[k] for k in ("start", "train", "curve")}, "results": summaries["results"]}
 
 
