@@ -27,7 +27,6 @@ import json
 import shutil
 import statistics
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from dgpo_agent.errors import DGPOError
@@ -63,7 +62,7 @@ def main() -> None:
         }
     except DGPOError as err:
         raise SystemExit(f"error: {err}") from None
-    runs = {arm: {seed: run_arm(args.run, configs[arm][seed], spec["method"]) for seed in args.seeds} for arm, spec in arms.items()}
+    runs = {arm: {seed: run_arm(args.run, cfg) for seed, cfg in by_seed.items()} for arm, by_seed in configs.items()}
     table = summarise(runs, arms)
     gaps = paired_gaps(runs, arms, next(iter(arms)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -97,10 +96,10 @@ def read_arms(path: Path) -> dict[str, dict]:
 
 def prepared_preset(run: Path) -> str:
     """The preset of a run prepared through the cold start, or a one-line error saying how to prepare it."""
-    marker = RunDir(run).marker("cold-start")
-    if not marker.is_file():
+    prepared = RunDir(run)
+    if not prepared.marker("cold-start").is_file():
         raise DGPOError(f"{run} is not prepared through the cold start: run `dgpo-agent train --out {run} --stop-after cold-start` first")
-    return json.loads(RunDir(run).config.read_text())["preset"]
+    return json.loads(prepared.config.read_text())["preset"]
 
 
 def arm_config(preset: str, config: Path | None, work: Path, arm: str, spec: dict, seed: int) -> PipelineConfig:
@@ -111,13 +110,13 @@ def arm_config(preset: str, config: Path | None, work: Path, arm: str, spec: dic
     return load_config(preset, config, out=work / arm / f"seed{seed}", overrides=overrides)
 
 
-def run_arm(run: Path, cfg: PipelineConfig, method: str) -> dict:
+def run_arm(run: Path, cfg: PipelineConfig) -> dict:
     """The rl and results stages of one arm's and seed's copy of the prepared run; returns their summaries."""
     from dgpo_agent.training.pipeline import run_pipeline
 
     link_prepared(run, Path(cfg.out))
     summaries = run_pipeline(cfg)
-    rl = summaries["rl"][method]
+    rl = summaries["rl"][cfg.rl.method]
     return {"rl": {k: rl[k] for k in ("start", "train", "curve")}, "results": summaries["results"]}
 
 
