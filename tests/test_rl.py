@@ -216,6 +216,16 @@ def test_an_update_raises_rewarded_rollouts_and_lowers_the_others(tok, tmp_path,
     assert change[[0, 3]].min() > 0 > change[[1, 2]].max()
 
 
+def test_ppo_leaves_the_policy_alone_when_every_rollout_scored_the_same(tok, tmp_path):
+    """A batch where every rollout scored the same tells no action from another: its task advantage is
+    0, where whitening the critic's error (A_t = −V(s_t)) used to push the policy at full size."""
+    rl = trainer(tok, rl_config(tmp_path, **PLAIN), teacher=False)
+    torch.nn.init.normal_(rl.critic.score.weight, std=0.1)  # a critic that has learnt something
+    responses = [[10 + i, 11, 30, 12 + i, 13] for i in range(4)]
+    before, after, _ = update_on(rl, responses, [0, 0, 1, 0, 0], [0.0] * 4)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     "algorithm, guidance, estimator",
     [("grpo", "reward", "k1"), ("grpo", "advantage", "k1"), ("grpo", "loss", "full"), ("gkd", "advantage", "k1"), ("gkd", "loss", "k3"), ("gkd", "loss", "forward")],

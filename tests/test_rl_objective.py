@@ -124,6 +124,17 @@ def test_clipping_and_value_loss():
     assert value.item() == pytest.approx(0.5 * max((2 - 1) ** 2, (0.5 - 1) ** 2))
 
 
+def test_rewards_contrast_needs_different_scores_or_a_per_token_reward():
+    none = torch.zeros(2, 8)
+    assert not obj.rewards_contrast(torch.zeros(4), none)
+    assert not obj.rewards_contrast(torch.ones(4), none)
+    assert obj.rewards_contrast(torch.tensor([0.0, 0.0, 1.0, 0.0]), none)
+    assert obj.rewards_contrast(torch.zeros(2), dgpo_penalty())
+    # Over processes: each process's scores are all equal, the global batch's are not.
+    other = torch.tensor([4.0, 4.0, 4.0, 0.0])  # another process's count, Σs, Σs², Σ|penalty|
+    assert obj.rewards_contrast(torch.zeros(4), none, total=lambda t: t + other)
+
+
 def test_whiten_and_token_alignment():
     x = torch.tensor([[1.0, 2.0, 99.0], [3.0, 4.0, -99.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])

@@ -484,8 +484,10 @@ class RLTrainer:
         """(advantages, returns or None, penalised rows).
 
         The task part: PPO's token rewards (outcome on the last model token) → GAE → whitened over the
-        global batch's model tokens; GRPO's group-normalised outcome on every model token; none for
-        GKD. The teacher term β·kl_t then joins as ``guidance`` says: in the rewards (GAE or the
+        global batch's model tokens, or 0 when the rewards carry no contrast (every rollout scored the
+        same and no teacher term is in the reward): the advantage is then the critic's error alone,
+        which whitening would scale up to a full-size push (GRPO's baseline gives such a group 0 too);
+        GRPO's group-normalised outcome on every model token; none for GKD. The teacher term β·kl_t then joins as ``guidance`` says: in the rewards (GAE or the
         reward-to-go carries it to every earlier token), in each token's advantage, or (``loss``) in
         the update's loss instead of here.
         """
@@ -499,7 +501,8 @@ class RLTrainer:
         returns = None
         if cfg.algorithm == "ppo":
             advantages, returns = obj.gae(obj.token_rewards(scores, mask, in_reward), scored.values, mask, cfg.gamma, cfg.lam)
-            advantages = obj.whiten(advantages, mask, self._total)
+            contrast = obj.rewards_contrast(scores, in_reward, self._total)
+            advantages = obj.whiten(advantages, mask, self._total) if contrast else torch.zeros_like(advantages)
         elif cfg.algorithm == "grpo":
             advantages = obj.group_advantages(scores, cfg.group_size, cfg.scale_group_rewards).unsqueeze(1) * mask - obj.reward_to_go(in_reward, mask)
         else:

@@ -160,6 +160,21 @@ def whiten(
     return (x - mean) * torch.rsqrt(var + eps) * m
 
 
+def rewards_contrast(
+    scores: torch.Tensor, token_penalty: torch.Tensor, total: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+) -> bool:
+    """Whether a batch's rewards can tell one action from another: some rollouts scored differently, or
+    a per-token term enters the reward. ``total`` sums over processes, so the answer is the global batch's.
+
+    Without contrast every return is the same, so GAE's advantage is only the critic's error
+    (A_t = R − V(s_t)), and whitening would blow that noise up to a full-size signal."""
+    s = scores.double()
+    sums = total(torch.stack([torch.ones_like(s).sum(), s.sum(), (s * s).sum(), token_penalty.double().abs().sum()]))
+    count = sums[0].clamp(min=1)
+    variance = sums[2] / count - (sums[1] / count) ** 2
+    return bool(variance > 1e-12 or sums[3] > 0)
+
+
 # ------------------------------------------------------------------------------------------- losses
 
 
