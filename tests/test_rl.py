@@ -332,6 +332,17 @@ def test_approx_kl_measures_the_whole_update_and_a_still_policy_is_reported(tok,
     assert len(warnings) == 1 and "step 2: the policy has not moved for 2 steps" in warnings[0]
 
 
+@pytest.mark.parametrize("teacher", [False, True])
+def test_a_reward_that_never_varies_is_reported_unless_the_teacher_guides(tok, tmp_path, caplog, teacher):
+    """The tiny untrained student never answers right: without the teacher PPO has nothing to learn
+    and the log says so in one line; with the teacher's term the policy still learns, and it does not."""
+    with caplog.at_level(logging.WARNING, logger="dgpo_agent.training.rl"):
+        trainer(tok, rl_config(tmp_path, max_steps=3, stall_steps=2, beta=0.001 if teacher else 0.0), teacher=teacher).train()
+    assert [r["reward_std"] for r in rows(tmp_path)] == [0.0, 0.0, 0.0]
+    warnings = [r.getMessage() for r in caplog.records if "scored the same" in r.getMessage()]
+    assert warnings == ([] if teacher else ["RL step 2: every rollout has scored the same for 2 steps: the reward has nothing to learn from; start from a cold start or let the teacher guide (dgpo, gkd)"])
+
+
 class CopyEngine(TransformersPolicy):
     """The transformers backend over its own copy of the weights, recording every sync."""
 

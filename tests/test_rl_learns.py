@@ -5,6 +5,7 @@ alone (GKD). A trainer whose update did not reach the policy would leave the rew
 from __future__ import annotations
 
 import json
+import math
 import statistics
 
 import pytest
@@ -81,5 +82,8 @@ def test_rl_on_a_repeated_question_set_raises_its_training_reward(models, tmp_pa
         temperature=1.0, max_new_tokens=8, kl_estimator="k1",
     )
     RLTrainer(copy.deepcopy(student), tok, QUESTIONS, KeywordRetriever(), AGENT, config, teacher=teacher if algorithm == "gkd" else None).train()
-    rewards = [json.loads(line)["reward"] for line in (tmp_path / METRICS).read_text().splitlines()]
+    logged = [json.loads(line) for line in (tmp_path / METRICS).read_text().splitlines()]
+    rewards = [row["reward"] for row in logged]
     assert statistics.fmean(rewards[-4:]) - rewards[0] >= 0.2, rewards  # step 1 rolls out the untrained policy
+    for row in logged:  # EM is 0 or 1, so the rewards' spread over a step is √(r(1 − r))
+        assert row["reward_std"] == pytest.approx(math.sqrt(row["reward"] * (1 - row["reward"])), abs=1e-5)

@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -230,6 +231,7 @@ class RLTrainer:
         self.evaluate = evaluate
         self.step = 0
         self.still = 0  # consecutive steps whose update left the policy where it was
+        self.level = 0  # consecutive steps whose rollouts all scored the same
         self._order: tuple[int, list[int]] = (-1, [])
 
     # ------------------------------------------------------------------------------ data order
@@ -294,6 +296,8 @@ class RLTrainer:
             entropy=(scored.entropy * batch.mask).sum().item(),
             penalised=penalised.sum().item(),
             wrong=wrong.sum().item(),
+            score_sum=scores.sum().item(),
+            score_sq=(scores.float() ** 2).sum().item(),
         )
         counts.update(zip(("shift", "shift_tokens"), self._policy_shift(batch, scored.logp, step)))
         if scored.kl is not None:
@@ -321,6 +325,7 @@ class RLTrainer:
             "step": step,
             "data_position": self.data_position(step + 1),
             **{name: ratio(t[f"{key}_sum"], t[f"{key}_n"]) for key, name in ROLLOUT_METRICS.items()},
+            "reward_std": round(math.sqrt(max(ratio(t["score_sq"], n) - ratio(t["score_sum"], n) ** 2, 0.0)), 6),
             "wrong_frac": ratio(t["wrong"], n),
             "penalised_frac": ratio(t["penalised"], n),
             "kl_wrong": ratio(t["kl_wrong"], t["wrong_tokens"]) if "kl_wrong" in t else None,
@@ -611,6 +616,7 @@ class RLTrainer:
             metrics = self.train_step(step)
             self.step = step
             self._watch_shift(step, metrics["approx_kl"])
+            self._watch_reward(step, metrics["reward_std"])
             if self.evaluate and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
                 metrics.update(self._evaluate())
             if self.accelerator.is_main_process:
@@ -633,6 +639,18 @@ class RLTrainer:
             log.warning(
                 "RL step %d: the policy has not moved for %d steps (approx-KL < %g each): raise the learning rate, "
                 "ppo_epochs or num_minibatches", step, cfg.stall_steps, cfg.stall_kl,
+            )
+
+    def _watch_reward(self, step: int, reward_std: float) -> None:
+        """Say so, in one line, when ``stall_steps`` steps in a row without the teacher's term had
+        rollouts that all scored the same: the reward then tells no action from another, the task
+        advantage is 0, and only the entropy bonus (at full size, through Adam) moves the policy."""
+        cfg = self.config
+        self.level = self.level + 1 if reward_std == 0 and not self.guided else 0
+        if cfg.stall_steps and self.level == cfg.stall_steps and self.accelerator.is_main_process:
+            log.warning(
+                "RL step %d: every rollout has scored the same for %d steps: the reward has nothing to learn from; "
+                "start from a cold start or let the teacher guide (dgpo, gkd)", step, cfg.stall_steps,
             )
 
     def _evaluate(self) -> dict[str, float]:

@@ -89,7 +89,7 @@ class RLConfig:
     precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={"help": "bf16: autocast forwards on float32 master weights (GPU)"})
     shift_rollouts: int = field(default=32, metadata={"help": "rollouts the post-update approx-KL is measured on (0: all)"})
     stall_kl: float = field(default=1e-4, metadata={"help": "approx-KL below which a step counts as not moving the policy"})
-    stall_steps: int = field(default=5, metadata={"help": "consecutive such steps before the log says the policy is not moving (0: never)"})
+    stall_steps: int = field(default=5, metadata={"help": "consecutive such steps before the log says the policy is not moving, or, without the teacher, consecutive steps whose rollouts all scored the same before it says the reward has nothing to learn from (0: never)"})
     report_to: list[str] | None = field(default=None, metadata={"help": "accelerate trackers that get every step's metrics beside metrics.jsonl: tensorboard, wandb, trackio, ..."})
 
     def __post_init__(self) -> None:
