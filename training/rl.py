@@ -268,15 +268,10 @@ class RLTrainer:
         """Roll out, score, compute advantages, update; returns the step's logged metrics."""
         cfg, acc = self.config, self.accelerator
         started = time.perf_counter()
-        records = self.step_records(step)
-        sampling = dataclasses.replace(
-            self.agent.sampling, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=self._seed(step)
-        )
         sync_s = self._sync_engine()
         started_rollouts = time.perf_counter()
-        states = run_batch([r["question"] for r in records], self.engine, self.retriever, dataclasses.replace(self.agent, sampling=sampling))
+        records, states, scores = self.rollouts(step)
         rollout_s = time.perf_counter() - started_rollouts
-        scores = torch.tensor([exact_match(s.get("answer"), r["golden_answers"]) for s, r in zip(states, records, strict=True)], device=acc.device)
         batch = pack([token_trajectory(s) for s in states], self.pad_id, acc.device)
         with torch.no_grad():
             scored = self._score(batch, scores)
@@ -305,6 +300,18 @@ class RLTrainer:
             counts.update(kl_wrong=(scored.kl * wrong_tokens).sum().item(), wrong_tokens=wrong_tokens.sum().item())
         totals = self._sum_over_processes(counts | losses)
         return self._metrics(step, totals, lr, (sync_s, rollout_s, scored.teacher_s, time.perf_counter() - started))
+
+    def rollouts(self, step: int) -> tuple[list[dict], list[AgentState], torch.Tensor]:
+        """Step ``step``'s prompts, the engine's rollouts of them (sampled with the step's own seed, so a
+        policy rolled out again on a step draws what the run drew) and their EM scores."""
+        cfg = self.config
+        records = self.step_records(step)
+        sampling = dataclasses.replace(
+            self.agent.sampling, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=self._seed(step)
+        )
+        states = run_batch([r["question"] for r in records], self.engine, self.retriever, dataclasses.replace(self.agent, sampling=sampling))
+        scores = [exact_match(s.get("answer"), r["golden_answers"]) for s, r in zip(states, records, strict=True)]
+        return records, states, torch.tensor(scores, device=self.accelerator.device)
 
     def _sync_engine(self) -> float:
         """Hand the engine the current weights if it holds older ones; returns the seconds it took."""

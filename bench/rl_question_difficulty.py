@@ -1,0 +1,82 @@
+"""How much of an RL run's reward curve is its questions? With new questions at every step, a step's
+rollout reward mixes what the policy has learnt with how hard that step's questions are. This rolls
+out the policy the run started from on the questions of chosen steps, sampled as the run sampled them
+(the same questions, seeds and temperature, so at step 1 it draws the run's own first rollouts), and
+sets the run's logged reward beside it: the difference is what RL added on those questions.
+
+    python bench/rl_question_difficulty.py --run runs/tiny
+    python bench/rl_question_difficulty.py --run runs/bench-main/dgpo/seed1 --out bench/results/rl_question_difficulty.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, default=Path("runs/tiny"), help="a run whose RL stage has finished")
+    parser.add_argument("--method", default="dgpo", help="the RL method of the run to look at")
+    parser.add_argument("--window", type=int, default=5, help="steps at each end of the run (the must-show's 5)")
+    parser.add_argument("--out", type=Path, help="add this run's result to a JSON file, under its path")
+    args = parser.parse_args()
+
+    from dgpo_agent.errors import DGPOError
+
+    try:
+        row = compare(args.run, args.method, args.window)
+    except DGPOError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(json.dumps(row, indent=2))
+    if args.out:
+        results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        results[str(args.run)] = row
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def compare(run_dir: Path, method: str, window: int) -> dict:
+    """The run's logged reward and its starting policy's reward on the same rollout draws, per step of
+    the first and last ``window`` steps, with each end's mean."""
+    from dgpo_agent.errors import DGPOError
+    from dgpo_agent.training import stages
+    from dgpo_agent.training.callbacks import METRICS, read_log
+    from dgpo_agent.training.config import PipelineConfig, build
+    from dgpo_agent.training.rl import RLTrainer
+    from dgpo_agent.training.run import Run, RunDir
+
+    folder = RunDir(run_dir)
+    log_file = folder.rl(method) / METRICS
+    if not (folder.config.is_file() and log_file.is_file()):
+        raise DGPOError(f"{run_dir} has no finished {method} RL stage: run `dgpo-agent train --out {run_dir}` first")
+    run = Run(build(PipelineConfig, json.loads(folder.config.read_text())))
+    logged = {e["step"]: e["reward"] for e in read_log(log_file)}
+    last = max(logged)
+    steps = sorted({*range(1, window + 1), *range(last - window + 1, last + 1)} & logged.keys())
+    start = stages.rl_start(run, method)
+    with tempfile.TemporaryDirectory() as scratch:  # the trainer's folder: it never trains or saves here
+        config = run.cfg.rl.for_method(method, output_dir=scratch, max_steps=last, eval_every=0)
+        trainer = RLTrainer(stages.load_model(start), run.student_tokenizer, stages.rl_questions(run), run.store, run.cfg.agent.config(), config)
+        start_reward = {step: trainer.rollouts(step)[2].float().mean().item() for step in steps}
+
+    def ends(values: dict[int, float]) -> dict[str, float]:
+        first, final = [values[s] for s in steps[:window]], [values[s] for s in steps[-window:]]
+        return {"first": round(statistics.fmean(first), 4), "last": round(statistics.fmean(final), 4), "rise": round(statistics.fmean(final) - statistics.fmean(first), 4)}
+
+    return {
+        "start": str(start),
+        "steps": steps,
+        "logged_reward": {s: logged[s] for s in steps},
+        "start_reward": {s: round(start_reward[s], 6) for s in steps},
+        "logged": ends(logged),
+        "start_policy": ends(start_reward),
+        "rl_gain_last": round(statistics.fmean(logged[s] - start_reward[s] for s in steps[-window:]), 4),
+    }
+
+
+if __name__ == "__main__":
+    main()
