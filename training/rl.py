@@ -303,7 +303,8 @@ class RLTrainer:
 
     def rollouts(self, step: int) -> tuple[list[dict], list[AgentState], torch.Tensor]:
         """Step ``step``'s prompts, the engine's rollouts of them (sampled with the step's own seed, so a
-        policy rolled out again on a step draws what the run drew) and their EM scores."""
+        policy rolled out again on a step draws what the run drew, up to float rounding at near-ties)
+        and their EM scores."""
         cfg = self.config
         records = self.step_records(step)
         sampling = dataclasses.replace(
