@@ -500,9 +500,9 @@ class RLTrainer:
         global batch's model tokens, or 0 when the rewards carry no contrast (every rollout scored the
         same and no teacher term is in the reward): the advantage is then the critic's error alone,
         which whitening would scale up to a full-size push (GRPO's baseline gives such a group 0 too);
-        GRPO's group-normalised outcome on every model token; none for GKD. The teacher term β·kl_t then joins as ``guidance`` says: in the rewards (GAE or the
-        reward-to-go carries it to every earlier token), in each token's advantage, or (``loss``) in
-        the update's loss instead of here.
+        GRPO's group-normalised outcome on every model token; none for GKD. The teacher term β·kl_t
+        then joins as ``guidance`` says: in the rewards (GAE or the reward-to-go carries it to every
+        earlier token), in each token's advantage, or (``loss``) in the update's loss instead of here.
         """
         cfg, mask = self.config, batch.mask
         if self.guided:
