@@ -17,7 +17,10 @@ fails at once; ``--arms`` with ``--arms-file`` runs only the named arms of the f
 
 Beside the JSON it writes the training curves of every arm over the seeds (reward, dev EM, KL to the
 teacher, entropy, response length, searches) as a PNG of the same name; ``--plot-only`` redraws that
-from the logs under ``--work`` without training.
+from the logs under ``--work`` without training. Seeds run as separate processes (one per core) write
+one JSON each; ``--merge`` builds the table over all of them:
+
+    python bench/rl_compare.py --merge seed0.json seed1.json seed2.json --out bench/results/rl_kl_on.json --work runs/bench-rl
 """
 
 from __future__ import annotations
@@ -42,15 +45,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=Path("runs/tiny"), help="a run prepared through the cold start")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", help="RL methods, each an arm with the run's settings (default dgpo ppo grpo); with --arms-file, which of its arms to run")
+    parser.add_argument("--arms", nargs="+", help="RL methods, each an arm with the run's settings (default dgpo ppo grpo); with --arms-file, which of its arms to run; with --merge, which arms to keep")
     parser.add_argument("--arms-file", type=Path, help="YAML: arm name -> {method, rl: {settings}}")
     parser.add_argument("--config", type=Path, help="YAML overrides every arm shares (e.g. rl.max_steps), as for dgpo-agent train")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-rl"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/rl_compare.json"))
     parser.add_argument("--plot-only", action="store_true", help="only redraw the curves from the logs under --work")
+    parser.add_argument("--merge", type=Path, nargs="+", help="only build the table over these earlier results (e.g. one per seed) and redraw the curves")
     args = parser.parse_args()
 
     try:
+        if args.merge:
+            arms, runs = merge_results(args.merge, args.arms)
+            report(args.out, sorted({seed for seeds in runs.values() for seed in seeds}), arms, runs, args.work)
+            return
         arms = select_arms(args.arms_file, args.arms)
         if args.plot_only:
             print(plot(args.work, arms, args.out.with_suffix(".png")))
@@ -63,13 +71,46 @@ def main() -> None:
     except DGPOError as err:
         raise SystemExit(f"error: {err}") from None
     runs = {arm: {seed: run_arm(args.run, cfg) for seed, cfg in by_seed.items()} for arm, by_seed in configs.items()}
+    report(args.out, args.seeds, arms, runs, args.work)
+
+
+def report(out: Path, seeds: list[int], arms: dict[str, dict], runs: dict[str, dict[int, dict]], work: Path) -> None:
+    """Write the runs, their table and paired gaps as JSON, print them, and draw the curves beside."""
     table = summarise(runs, arms)
     gaps = paired_gaps(runs, arms, next(iter(arms)))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"seeds": args.seeds, "arms": arms, "runs": runs, "table": table, "gaps": gaps}, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"seeds": seeds, "arms": arms, "runs": runs, "table": table, "gaps": gaps}, indent=2) + "\n")
     print("\n".join(markdown(table)))
     print("\n".join(f"{arm} − {next(iter(arms))}: {_mean_std(values)} (per seed {values})" for arm, values in gaps.items()))
-    print(plot(args.work, arms, args.out.with_suffix(".png")))
+    print(plot(work, arms, out.with_suffix(".png")))
+
+
+def merge_results(paths: list[Path], names: list[str] | None = None) -> tuple[dict[str, dict], dict[str, dict[int, dict]]]:
+    """The arms and runs of several results files (only the named arms, in that order, if any), else in
+    the order first met; an arm must mean the same settings in every file, and an arm's seed may come
+    from one file only."""
+    arms: dict[str, dict] = {}
+    runs: dict[str, dict[int, dict]] = {}
+    for path in paths:
+        try:
+            result = json.loads(path.read_text())
+            found_arms, found_runs = result["arms"], result["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DGPOError(f"{path} is not an rl_compare results file ({err}): pass the JSON files its runs wrote") from None
+        for arm, spec in found_arms.items():
+            if names and arm not in names:
+                continue
+            if arms.setdefault(arm, spec) != spec:
+                raise DGPOError(f"arm {arm!r} has other settings in {path} than in an earlier file: merge only runs of the same arms")
+            for seed, run in found_runs[arm].items():
+                if int(seed) in runs.setdefault(arm, {}):
+                    raise DGPOError(f"arm {arm!r}, seed {seed} is in {path} and in an earlier file: pass each run once")
+                runs[arm][int(seed)] = run
+    unknown = sorted(set(names or []) - set(arms))
+    if unknown:
+        raise DGPOError(f"no arm {', '.join(unknown)} in the merged files")
+    order = names or list(arms)
+    return {name: arms[name] for name in order}, {name: runs[name] for name in order}
 
 
 def select_arms(path: Path | None, names: list[str] | None) -> dict[str, dict]:

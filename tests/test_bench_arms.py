@@ -4,6 +4,7 @@ setting must fail in a second, not after the arms before it have trained for hou
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,49 @@ def test_arms_of_a_file_are_picked_by_name():
     assert list(rl_compare.select_arms(None, ["ppo"])) == ["ppo"]
     with pytest.raises(DGPOError, match="no arm dgpo-kl-al in"):
         rl_compare.select_arms(path, ["dgpo-kl-al"])
+
+
+def _result(path: Path, arm: str, seed: int, em: float, spec: dict | None = None) -> Path:
+    results = {"cold-start-kd": {"all": 0.4}, spec["method"] if spec else "dgpo": {"all": em}}
+    path.write_text(json.dumps({"arms": {arm: spec or {"method": "dgpo"}}, "runs": {arm: {str(seed): {"rl": {}, "results": results}}}}))
+    return path
+
+
+def test_runs_of_separate_processes_merge_into_one_table(tmp_path):
+    rl_compare = _rl_compare()
+    files = [_result(tmp_path / f"seed{seed}.json", "dgpo", seed, em) for seed, em in ((0, 0.45), (1, 0.47))]
+    files.append(_result(tmp_path / "gkd.json", "gkd", 0, 0.40, {"method": "gkd"}))
+    arms, runs = rl_compare.merge_results(files)
+    assert list(arms) == ["dgpo", "gkd"] and sorted(runs["dgpo"]) == [0, 1]
+    table = rl_compare.summarise(runs, arms)
+    assert table["dgpo"]["all"] == [0.45, 0.47] and table["gkd"]["all"] == [0.40] and table["cold-start-kd"]["all"] == [0.4]
+    assert rl_compare.paired_gaps(runs, arms, "dgpo") == {"gkd": [-0.05]}
+
+
+def test_merging_refuses_a_run_twice_or_an_arm_with_other_settings(tmp_path):
+    rl_compare = _rl_compare()
+    first = _result(tmp_path / "a.json", "dgpo", 0, 0.45)
+    with pytest.raises(DGPOError, match="seed 0 is in"):
+        rl_compare.merge_results([first, _result(tmp_path / "b.json", "dgpo", 0, 0.46)])
+    other = _result(tmp_path / "c.json", "dgpo", 1, 0.46, {"method": "dgpo", "rl": {"kl_on": "all"}})
+    with pytest.raises(DGPOError, match="other settings"):
+        rl_compare.merge_results([first, other])
+    (tmp_path / "log.txt").write_text("not json")
+    cmd = [sys.executable, str(ROOT / "bench" / "rl_compare.py"), "--merge", str(first), str(tmp_path / "log.txt"), "--out", str(tmp_path / "out.json")]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "log.txt is not an rl_compare results file" in done.stderr and not (tmp_path / "out.json").exists()
+
+
+def test_merging_keeps_only_the_named_arms_in_their_order(tmp_path):
+    rl_compare = _rl_compare()
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps({
+        "arms": {"dgpo": {"method": "dgpo"}, "gkd": {"method": "gkd"}},
+        "runs": {"dgpo": {"0": {"results": {"dgpo": {"all": 0.1}}}}, "gkd": {"0": {"results": {"gkd": {"all": 0.2}}}}},
+    }))
+    again = _result(tmp_path / "again.json", "dgpo", 0, 0.3)  # dgpo seed 0 twice: left out, so no clash
+    arms, runs = rl_compare.merge_results([both, again], ["gkd"])
+    assert list(arms) == ["gkd"] and list(runs) == ["gkd"]
+    with pytest.raises(DGPOError, match="no arm ppo in the merged files"):
+        rl_compare.merge_results([both], ["ppo"])

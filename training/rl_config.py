@@ -46,7 +46,9 @@ class RLConfig:
     length can game); ``loss`` adds β·KL_t, differentiated through the policy, to the loss. ``kl_t`` is
     KL(π_θ ‖ π_T) (exact, ``full``, or estimated on the sampled token, ``k1``/``k3``) or the exact
     forward KL(π_T ‖ π_θ) (``forward``: the cold start's loss, which raises the teacher's tokens even
-    where the student gives them almost nothing).
+    where the student gives them almost nothing). From a base student only ``forward`` teaches answers
+    at CPU budgets; from the cold start it widens the student's distribution and ends below the reverse
+    KL on dev and test (bench/README.md, same section), so the default stays ``full``.
     """
 
     output_dir: str = field(default="runs/rl", metadata={"help": "checkpoints, metrics.jsonl and the final policy"})
