@@ -86,9 +86,8 @@ def report(out: Path, seeds: list[int], arms: dict[str, dict], runs: dict[str, d
 
 
 def merge_results(paths: list[Path], names: list[str] | None = None) -> tuple[dict[str, dict], dict[str, dict[int, dict]]]:
-    """The arms and runs of several results files (only the named arms, in that order, if any), else in
-    the order first met; an arm must mean the same settings in every file, and an arm's seed may come
-    from one file only."""
+    """The arms and runs of several results files, in the order first met (or only the named arms, in
+    the order named); an arm must mean the same settings in every file, and each run come from one file."""
     arms: dict[str, dict] = {}
     runs: dict[str, dict[int, dict]] = {}
     for path in paths:
@@ -102,7 +101,7 @@ def merge_results(paths: list[Path], names: list[str] | None = None) -> tuple[di
                 continue
             if arms.setdefault(arm, spec) != spec:
                 raise DGPOError(f"arm {arm!r} has other settings in {path} than in an earlier file: merge only runs of the same arms")
-            for seed, run in found_runs[arm].items():
+            for seed, run in found_runs.get(arm, {}).items():
                 if int(seed) in runs.setdefault(arm, {}):
                     raise DGPOError(f"arm {arm!r}, seed {seed} is in {path} and in an earlier file: pass each run once")
                 runs[arm][int(seed)] = run
