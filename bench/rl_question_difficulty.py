@@ -64,8 +64,8 @@ def compare(run_dir: Path, method: str, window: int) -> dict:
         start_reward = {step: trainer.rollouts(step)[2].float().mean().item() for step in steps}
 
     def ends(values: dict[int, float]) -> dict[str, float]:
-        first, final = [values[s] for s in steps[:window]], [values[s] for s in steps[-window:]]
-        return {"first": round(statistics.fmean(first), 4), "last": round(statistics.fmean(final), 4), "rise": round(statistics.fmean(final) - statistics.fmean(first), 4)}
+        first, final = (statistics.fmean(values[s] for s in chosen) for chosen in (steps[:window], steps[-window:]))
+        return {"first": round(first, 4), "last": round(final, 4), "rise": round(final - first, 4)}
 
     return {
         "start": str(start),

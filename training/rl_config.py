@@ -32,8 +32,7 @@ class RLConfig:
     best dev EM of the three forms, and unlike the reward form it cannot be lowered by answering short;
     the runs are in bench/README.md, "The RL rework"), then ahead of both other forms on test on every
     one of three seeds (bench/README.md, "The teacher's term: in the loss, the reward or the advantage");
-    the reference code's form is
-    ``guidance: reward, beta: 0.001, kl_estimator: k1``.
+    the reference code's form is ``guidance: reward, beta: 0.001, kl_estimator: k1``.
 
     Batch sizes are per process, as in TRL: a step rolls out ``rollout_batch_size`` prompts ×
     ``group_size`` rollouts on every process, and ``accelerate launch`` multiplies that by the number
