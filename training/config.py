@@ -449,10 +449,11 @@ def set_only(data: dict) -> dict:
 _TINY: dict[str, Any] = {
     # The teacher sampled once at 1.0 over 2,000 training questions; RL's pool is the rest.
     "tgo": {"questions": 2000, "samples_per_question": 1, "max_new_tokens": 96},
-    # RL at CPU scale, every setting chosen on dev questions (bench/README.md, rl_tune and "RL's pool
-    # of questions"): each step's 32 questions are new ones, never a pool that comes back.
+    # RL at CPU scale, every setting chosen on dev questions (bench/README.md, rl_tune, "RL's pool of
+    # questions" and "Questions per step"): each step's 64 questions are new ones, never a pool that
+    # comes back, with 2 rollouts each (the least that lets GRPO form a group).
     "rl": {
-        "max_steps": 30, "rollout_batch_size": 32, "group_size": 4,
+        "max_steps": 30, "rollout_batch_size": 64, "group_size": 2,
         "learning_rate": 1e-4, "critic_learning_rate": 1e-4, "warmup_ratio": 0.1, "temperature": 0.7, "max_new_tokens": 96,
         "save_every": 10, "eval_every": 10,
     },
