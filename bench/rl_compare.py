@@ -220,7 +220,7 @@ def _methods(arms: dict[str, dict]) -> set[str]:
 
 
 def markdown(table: dict[str, dict[str, list[float]]]) -> list[str]:
-    """Models × data sources, mean ± std over seeds (std 0 for models the seeds share)."""
+    """Models × data sources, mean ± std over seeds (one value for models the seeds share)."""
     sources = sorted({s for row in table.values() for s in row} - {"all"}) + ["all"]
     lines = ["| model | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
     for model, row in table.items():
@@ -230,8 +230,10 @@ def markdown(table: dict[str, dict[str, list[float]]]) -> list[str]:
 
 
 def _mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.3f} ± {std:.3f}"
+    """Mean ± std, or the value alone where there is one: a single seed has no spread to show."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 if __name__ == "__main__":

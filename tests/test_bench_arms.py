@@ -109,3 +109,11 @@ def test_merging_keeps_only_the_named_arms_in_their_order(tmp_path):
     assert list(arms) == ["gkd"] and list(runs) == ["gkd"]
     with pytest.raises(DGPOError, match="no arm ppo in the merged files"):
         rl_compare.merge_results([both], ["ppo"])
+
+
+def test_the_table_shows_a_spread_only_over_seeds():
+    rl_compare = _rl_compare()
+    lines = rl_compare.markdown({"teacher": {"all": [0.8017]}, "dgpo": {"all": [0.47, 0.49, 0.48]}, "one-seed": {"all": [0.4533]}})
+    assert lines[2] == "| teacher | 0.802 |"
+    assert lines[3] == "| dgpo | 0.480 ± 0.010 |"
+    assert lines[4] == "| one-seed | 0.453 |"
