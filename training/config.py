@@ -478,9 +478,12 @@ _REAL_CPU: dict[str, Any] = {
         "steps": 80, "batch_size": 2, "lr": 2e-4, "warmup_steps": 4, "lm_fraction": 0.0, "eval_every": 0,
         "save_steps": 40, "logging_steps": 5,
     },
+    # Rollouts at the tiny preset's 0.7: at 1.0 this student's rollouts are mostly malformed, and the
+    # teacher's pull on them left more invalid actions on dev (bench/README.md, the real path on CPU).
     "rl": {
         "max_steps": 3, "rollout_batch_size": 4, "group_size": 2, "questions": 8, "learning_rate": 1e-5,
-        "critic_learning_rate": 1e-5, "warmup_ratio": 0.0, "max_new_tokens": 64, "micro_batch_size": 4, "save_every": 3,
+        "critic_learning_rate": 1e-5, "warmup_ratio": 0.0, "temperature": 0.7, "max_new_tokens": 64, "micro_batch_size": 4,
+        "save_every": 3,
     },
     "eval": {"max_new_tokens": 64, "base_questions": 16},
 }
