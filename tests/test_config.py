@@ -35,7 +35,7 @@ OUT_OF_RANGE = [
     ("cold_start", "lm_fraction", 1.0), ("cold_start", "warmup_steps", -1), ("cold_start", "scheduler", "sawtooth"),
     ("rl", "method", "reinforce"), ("rl", "baselines", ["dgpo", "sft"]), ("rl", "max_steps", -1), ("rl", "group_size", 0),
     ("rl", "top_p", 2.0), ("rl", "guidance", "prompt"), ("rl", "kl_on", "some"), ("rl", "temperature", 0.0),
-    ("rl", "warmup_ratio", 3.0), ("eval", "questions", 0), ("eval", "max_new_tokens", -1),
+    ("rl", "warmup_ratio", 3.0), ("rl", "lr_scheduler_type", "linear"), ("eval", "questions", 0), ("eval", "max_new_tokens", -1),
     ("agent", "observations", "system"), ("agent", "examples", 3), ("store", "device", "tpu"),
     ("cold_start", "method", "sft"), ("cold_start", "baselines", ["gkd"]),
     ("data", "source", "web"), ("data", "dev_questions", 0), ("base", "student_layers", 0),

@@ -303,6 +303,17 @@ def test_the_first_step_trains_at_the_warm_up_learning_rate_it_logs(tok, tmp_pat
     assert rl.train_step(2)["lr"] == pytest.approx(1e-3 / 2)
 
 
+@pytest.mark.parametrize("kind", [None, "cosine"])
+def test_after_the_warm_up_the_learning_rate_stays_or_decays_on_a_cosine(tok, tmp_path, kind):
+    """Steps train at the lr they log: 1/W, 2/W, … of it in the warm-up, then all of it (the default),
+    or under ``cosine`` all of it at the first step after the warm-up and less at each later one,
+    never 0."""
+    rl = trainer(tok, rl_config(tmp_path, max_steps=5, warmup_ratio=0.4, learning_rate=1e-3, lr_scheduler_type=kind))
+    lrs = [rl.train_step(step)["lr"] / 1e-3 for step in range(1, 6)]
+    # Warm-up W = 2 steps; the cosine's three steps after it sit at 0, 1/3 and 2/3 of its half period.
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0] if kind is None else [0.5, 1.0, 1.0, 0.75, 0.25])
+
+
 @pytest.mark.parametrize("top_p", [0.5, 0.9])
 def test_the_trainers_log_probs_are_those_of_the_distribution_that_sampled(tok, tmp_path, top_p):
     """PPO's ratio needs π_old to be the sampling distribution: under top-p the trainer's log-probs

@@ -147,10 +147,21 @@ class _Scored:
     teacher_s: float
 
 
-def warmup_schedule(optimizer: Any, warmup_steps: int) -> Any:
-    """A constant learning rate after a linear warm-up in which step k (from 1) trains at k/W of it, so
-    the first step already moves the policy (transformers' schedule starts at 0)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: min(1.0, (done + 1) / warmup_steps) if warmup_steps else 1.0)
+def lr_factor(step: int, warmup_steps: int, max_steps: int, kind: str | None = None) -> float:
+    """The share of the learning rate that RL step ``step`` (from 1) trains at: k/W in a linear warm-up
+    of W steps, so the first step already moves the policy (transformers' schedules start at 0); then
+    1, or under ``cosine`` a half cosine from 1 at the first step after the warm-up towards 0, which
+    it would reach one step after ``max_steps``, so no step trains at 0."""
+    if step <= warmup_steps:
+        return step / warmup_steps
+    if kind != "cosine":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps - 1) / max(1, max_steps - warmup_steps)))
+
+
+def lr_schedule(optimizer: Any, warmup_steps: int, max_steps: int, kind: str | None = None) -> Any:
+    """``optimizer``'s schedule over RL steps (stepped once per RL step), as ``lr_factor`` says."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: lr_factor(done + 1, warmup_steps, max_steps, kind))
 
 
 class RLTrainer:
@@ -206,7 +217,7 @@ class RLTrainer:
 
         def optimizer(module: Any, lr: float, warmup: float) -> tuple[Any, Any]:
             opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=config.weight_decay)
-            return opt, warmup_schedule(opt, round(warmup * config.max_steps))
+            return opt, lr_schedule(opt, round(warmup * config.max_steps), config.max_steps, config.lr_scheduler_type)
 
         # Float32 master weights, whatever dtype the models came in: a bf16 weight drops small updates.
         model, critic = model.float(), critic.float() if critic is not None else None

@@ -65,8 +65,11 @@ class RLConfig:
     reward_threshold: float = field(default=0.1, metadata={"help": "rollouts scoring below this count as wrong"})
     learning_rate: float = field(default=1e-6, metadata={"help": "policy learning rate"})
     critic_learning_rate: float = field(default=1e-5, metadata={"help": "value-model learning rate"})
-    warmup_ratio: float = field(default=0.285, metadata={"help": "policy warm-up, as a share of max_steps (then constant)"})
+    warmup_ratio: float = field(default=0.285, metadata={"help": "policy warm-up, as a share of max_steps (then as lr_scheduler_type says)"})
     critic_warmup_ratio: float = field(default=0.015, metadata={"help": "value-model warm-up, as a share of max_steps"})
+    lr_scheduler_type: Literal["constant", "cosine"] | None = field(
+        default=None, metadata={"help": "after the warm-ups, both learning rates stay constant (None, the reference recipe) or decay on a half cosine towards 0 at max_steps"}
+    )
     critic_warmup_steps: int = field(default=0, metadata={"help": "first steps that train only the value model (veRL's critic_warmup)"})
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
@@ -102,6 +105,8 @@ class RLConfig:
         }
         for name, allowed in choices.items():
             one_of(name, getattr(self, name), allowed)
+        if self.lr_scheduler_type is not None:
+            one_of("lr_scheduler_type", self.lr_scheduler_type, ("constant", "cosine"))
         for name in ("rollout_batch_size", "group_size", "ppo_epochs", "num_minibatches", "micro_batch_size", "save_every", "max_new_tokens"):
             at_least(name, getattr(self, name), 1)
         for name in ("max_steps", "critic_warmup_steps", "stall_steps", "seed", "eval_every", "shift_rollouts", "beta", "learning_rate", "critic_learning_rate"):
