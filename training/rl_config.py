@@ -102,11 +102,10 @@ class RLConfig:
         choices = {
             "algorithm": ("ppo", "grpo", "gkd"), "guidance": ("reward", "advantage", "loss"), "precision": ("fp32", "bf16"),
             "kl_on": ("wrong", "all", "none"), "kl_estimator": ("k1", "k3", "full", "forward"),
+            "lr_scheduler_type": (None, "constant", "cosine"),
         }
         for name, allowed in choices.items():
             one_of(name, getattr(self, name), allowed)
-        if self.lr_scheduler_type is not None:
-            one_of("lr_scheduler_type", self.lr_scheduler_type, ("constant", "cosine"))
         for name in ("rollout_batch_size", "group_size", "ppo_epochs", "num_minibatches", "micro_batch_size", "save_every", "max_new_tokens"):
             at_least(name, getattr(self, name), 1)
         for name in ("max_steps", "critic_warmup_steps", "stall_steps", "seed", "eval_every", "shift_rollouts", "beta", "learning_rate", "critic_learning_rate"):
