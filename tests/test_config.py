@@ -35,7 +35,7 @@ OUT_OF_RANGE = [
     ("cold_start", "lm_fraction", 1.0), ("cold_start", "warmup_steps", -1), ("cold_start", "scheduler", "sawtooth"),
     ("rl", "method", "reinforce"), ("rl", "baselines", ["dgpo", "sft"]), ("rl", "max_steps", -1), ("rl", "group_size", 0),
     ("rl", "top_p", 2.0), ("rl", "guidance", "prompt"), ("rl", "kl_on", "some"), ("rl", "temperature", 0.0),
-    ("rl", "warmup_ratio", 3.0), ("rl", "lr_scheduler_type", "linear"), ("eval", "questions", 0), ("eval", "max_new_tokens", -1),
+    ("rl", "warmup_ratio", 3.0), ("rl", "lr_scheduler_type", "linear"), ("rl", "kl_on", "none"), ("rl", "algorithm", "gkd"), ("eval", "questions", 0), ("eval", "max_new_tokens", -1),
     ("agent", "observations", "system"), ("agent", "examples", 3), ("store", "device", "tpu"),
     ("cold_start", "method", "sft"), ("cold_start", "baselines", ["gkd"]),
     ("data", "source", "web"), ("data", "dev_questions", 0), ("base", "student_layers", 0),
@@ -130,6 +130,10 @@ def test_no_bad_config_touches_an_existing_run(existing_run, tmp_path_factory, d
         ({"base": {"student_from": "s"}}, "base.student_from needs a teacher with its vocabulary"),
         ({"cold_start": {"student": "a"}, "base": {"student_from": "b"}, "teacher": {"model": "t"}}, "set one of cold_start.student"),
         ({"teacher": {"start_from": "s"}, "agent": {"examples": 2}}, "teacher.start_from learns Search-R1's layout"),
+        # A setting that defines a method, set to what that method does not train.
+        ({"rl": {"method": "ppo", "kl_on": "all"}}, "rl.kl_on: all is not how ppo trains (it takes kl_on none)"),
+        ({"rl": {"method": "gkd", "algorithm": "ppo"}}, "rl.algorithm: ppo is not how gkd trains (it takes algorithm gkd)"),
+        ({"rl": {"baselines": ["grpo"], "group_size": 1}}, "grpo needs group_size >= 2"),
     ],
 )
 def test_a_bad_setting_is_named_with_the_fix(doc, message):
@@ -150,3 +154,23 @@ def test_every_stage_runs_the_agent_the_config_names():
     assert plain.agent.config().format == ChatFormat()
     assert plain.fingerprint("agent") == load_config("tiny", overrides={"agent": {"max_turns": 4}}).fingerprint("agent")
     assert plain.fingerprint("agent") != chat.fingerprint("agent")
+
+
+@pytest.mark.parametrize(
+    "rl, trained",
+    [
+        ({}, {"dgpo": ("ppo", "wrong")}),
+        ({"algorithm": "grpo"}, {"dgpo": ("grpo", "wrong")}),
+        ({"method": "gkd"}, {"gkd": ("gkd", "all")}),
+        ({"method": "gkd", "kl_on": "wrong"}, {"gkd": ("gkd", "wrong")}),
+        (
+            {"kl_on": "all", "baselines": ["ppo", "grpo", "gkd", "dgpo-from-base"]},
+            {"dgpo": ("ppo", "all"), "ppo": ("ppo", "none"), "grpo": ("grpo", "none"), "gkd": ("gkd", "all"), "dgpo-from-base": ("ppo", "wrong")},
+        ),
+    ],
+)
+def test_the_main_method_trains_the_settings_it_is_given_and_baselines_their_own(rl, trained):
+    """A setting the rl section gives its method is trained, never silently replaced by the method's
+    own (GKD on wrong rollouts once ran on every rollout); baselines train as their methods define them."""
+    cfg = load_config("tiny", overrides={"rl": {**rl, "group_size": 2}})
+    assert {m: (cfg.rl.for_method(m).algorithm, cfg.rl.for_method(m).kl_on) for m in cfg.rl.methods()} == trained

@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dgpo_agent.backends.base import SamplingParams
 from dgpo_agent.errors import DGPOError
@@ -26,7 +26,7 @@ from dgpo_agent.rollout import AgentConfig
 from dgpo_agent.smollm2 import NAME as SMOLLM2
 from dgpo_agent.store.embeddings import check_device
 from dgpo_agent.training.checks import at_least, fraction, one_of, positive, trackers
-from dgpo_agent.training.rl_config import RLConfig, check_method
+from dgpo_agent.training.rl_config import RLConfig, check_method, method_settings
 from dgpo_agent.training.tgo import TGOConfig
 
 
@@ -231,6 +231,8 @@ class RLStageConfig(RLConfig):
 
     ``method`` (``dgpo``, ``ppo``, ``grpo`` or ``gkd``, see ``rl_config.RL_METHODS``) and each of
     ``baselines`` train from the cold start, or from the base student with a ``-from-base`` suffix.
+    The main method trains with the ``algorithm`` and ``kl_on`` set here where it allows them (its own
+    where unset; a value it does not allow is an error); baselines train as their methods define them.
     ``questions`` caps RL's pool of training questions (those TGO did not use; None: all of them), so
     a question comes back once the pool is spent. Dev-EM points take ``eval_questions`` questions.
     ``max_steps: 0`` skips RL.
@@ -240,14 +242,28 @@ class RLStageConfig(RLConfig):
     baselines: list[str] = field(default_factory=list)
     questions: int | None = None
     eval_questions: int = 100
+    # The settings that define a method (rl_config.RL_METHODS): None is the main method's own.
+    algorithm: Literal["ppo", "grpo", "gkd"] | None = None
+    kl_on: Literal["wrong", "all", "none"] | None = None
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         for method in (self.method, *self.baselines):
             check_method(method)
+        defining = method_settings(self.method, {"algorithm": self.algorithm, "kl_on": self.kl_on})
+        self.algorithm, self.kl_on = defining["algorithm"], defining["kl_on"]
+        super().__post_init__()
         if self.questions is not None:
             at_least("rl.questions", self.questions, 1)
         at_least("rl.eval_questions", self.eval_questions, 1)
+        for method in self.baselines:  # each baseline's settings are checked now, not when it starts training
+            self.for_method(method)
+
+    def for_method(self, method: str, **changes: object) -> RLConfig:
+        """``RLConfig.for_method``, except that the main method trains with the algorithm and ``kl_on``
+        these settings chose for it; baselines always train as their methods define them."""
+        if method == self.method:
+            changes = {"algorithm": self.algorithm, "kl_on": self.kl_on, **changes}
+        return super().for_method(method, **changes)
 
     def methods(self) -> list[str]:
         """The main method and each baseline, once each, in that order."""

@@ -15,13 +15,16 @@ from dgpo_agent.errors import DGPOError
 from dgpo_agent.training.checks import at_least, fraction, one_of, positive, trackers
 
 FROM_BASE = "-from-base"  # a method name with this suffix starts from the base student, not the cold start
-# What each method trains, as the RLConfig settings it fixes. DGPO is PPO with the teacher's term on the
-# rollouts ``kl_on`` picks (wrong ones by default); GKD is the teacher's term alone on every rollout.
-RL_METHODS: dict[str, dict[str, str]] = {
-    "dgpo": {"algorithm": "ppo"},
-    "ppo": {"algorithm": "ppo", "kl_on": "none"},
-    "grpo": {"algorithm": "grpo", "kl_on": "none"},
-    "gkd": {"algorithm": "gkd", "kl_on": "all"},
+# What each method may train, as the RLConfig settings that define it: the first value of each is what
+# the method trains unless the rl settings choose another listed one, and what it always trains as a
+# baseline. DGPO is the task reward plus the teacher's term on the rollouts ``kl_on`` picks (wrong ones
+# by the paper), through PPO by the paper or GRPO's critic-free advantage; PPO and GRPO never see the
+# teacher; GKD is the teacher's term alone, on every rollout by the paper or on wrong ones only.
+RL_METHODS: dict[str, dict[str, tuple[str, ...]]] = {
+    "dgpo": {"algorithm": ("ppo", "grpo"), "kl_on": ("wrong", "all")},
+    "ppo": {"algorithm": ("ppo",), "kl_on": ("none",)},
+    "grpo": {"algorithm": ("grpo",), "kl_on": ("none",)},
+    "gkd": {"algorithm": ("gkd",), "kl_on": ("all", "wrong")},
 }
 
 
@@ -140,11 +143,28 @@ class RLConfig:
         return self.beta > 0 and self.kl_on != "none"
 
     def for_method(self, method: str, **changes: object) -> RLConfig:
-        """These settings as ``method`` trains them (``-from-base`` only changes where it starts), as a
-        plain ``RLConfig`` (a subclass's own fields, such as the pipeline's, are left behind)."""
-        check_method(method)
+        """These settings as ``method`` trains them as a baseline (its defining settings at their first
+        value; ``-from-base`` only changes where it starts), as a plain ``RLConfig`` (a subclass's own
+        fields, such as the pipeline's, are left behind)."""
         own = {f.name: getattr(self, f.name) for f in dataclasses.fields(RLConfig)}
-        return RLConfig(**{**own, **RL_METHODS[method.removesuffix(FROM_BASE)], **changes})
+        return RLConfig(**{**own, **method_settings(method), **changes})
+
+
+def method_settings(method: str, chosen: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The defining settings ``method`` trains with: each one ``chosen`` sets (None: unset) if the method
+    allows it, else its first; a chosen value the method does not allow is a one-line error, never
+    silently replaced."""
+    check_method(method)
+    settings = {}
+    for name, allowed in RL_METHODS[method.removesuffix(FROM_BASE)].items():
+        value = (chosen or {}).get(name)
+        if value is not None and value not in allowed:
+            raise DGPOError(
+                f"rl.{name}: {value} is not how {method} trains (it takes {name} {' or '.join(allowed)}): "
+                f"drop rl.{name} or choose a method that trains with it"
+            )
+        settings[name] = allowed[0] if value is None else value
+    return settings
 
 
 def check_method(method: str) -> None:
