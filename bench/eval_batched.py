@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_file import add_result  # bench/, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -72,10 +74,7 @@ def main() -> None:
         "identical_trajectories": sum(a == b for a, b in zip(seq, bat, strict=True)),
         "identical_except_retrieval_scores": sum(_unscored(a) == _unscored(b) for a, b in zip(seq, bat, strict=True)),
     }
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    results[args.model] = result
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    add_result(args.out, args.model, result)
     print(json.dumps(result, indent=2))
 
 

@@ -16,6 +16,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from results_file import add_result  # bench/, beside this script
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,10 +35,7 @@ def main() -> None:
         raise SystemExit(f"error: {err}") from None
     print(json.dumps(row, indent=2))
     if args.out:
-        results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-        results[str(args.run)] = row
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        add_result(args.out, str(args.run), row)
 
 
 def compare(run_dir: Path, method: str, window: int) -> dict:
