@@ -48,14 +48,14 @@ def compare(run_dir: Path, method: str, last: list[int], alphas: list[float], qu
     from dgpo_agent.errors import DGPOError
     from dgpo_agent.training import stages
     from dgpo_agent.training.config import PipelineConfig, build
-    from dgpo_agent.training.rl import CHECKPOINTS
+    from dgpo_agent.training.rl import checkpoints
     from dgpo_agent.training.run import Run, RunDir
 
     folder = RunDir(run_dir)
     policy_dir = folder.policy(method)
     if not (folder.config.is_file() and stages.finished(policy_dir)):
         raise DGPOError(f"{run_dir} has no finished {method} RL stage: run `dgpo-agent train --out {run_dir}` first")
-    kept = sorted((folder.rl(method) / CHECKPOINTS).glob("step-*/model.safetensors"))
+    kept = checkpoints(folder.rl(method))  # complete ones, oldest first
     if max(last, default=0) > len(kept):
         raise DGPOError(f"{run_dir} keeps {len(kept)} checkpoints, fewer than --last {max(last)}: train with rl.save_total_limit: null")
     run = Run(build(PipelineConfig, json.loads(folder.config.read_text())))
@@ -70,11 +70,11 @@ def compare(run_dir: Path, method: str, last: list[int], alphas: list[float], qu
 
     row = {"start": em(start), "policy": em(policy)}
     for k in last:
-        tails = [load_file(path) for path in kept[-k:]]
+        tails = [load_file(path / "model.safetensors") for path in kept[-k:]]  # the policy's (model_1: the critic's)
         row[f"mean of last {k}"] = em({name: sum(t[name] for t in tails) / k for name in tails[0]})
     for alpha in alphas:
         row[f"alpha {alpha:g}"] = em({name: start[name] + alpha * (policy[name] - start[name]) for name in policy})
-    return {"checkpoints": [p.parent.name for p in kept], "dev_em": row}
+    return {"checkpoints": [p.name for p in kept], "dev_em": row}
 
 
 if __name__ == "__main__":
