@@ -26,7 +26,7 @@ from dgpo_agent.rollout import AgentConfig
 from dgpo_agent.smollm2 import NAME as SMOLLM2
 from dgpo_agent.store.embeddings import check_device
 from dgpo_agent.training.checks import at_least, fraction, one_of, positive, trackers
-from dgpo_agent.training.rl_config import RLConfig, check_method, method_settings
+from dgpo_agent.training.rl_config import RLConfig, method_settings
 from dgpo_agent.training.tgo import TGOConfig
 
 
@@ -247,15 +247,13 @@ class RLStageConfig(RLConfig):
     kl_on: Literal["wrong", "all", "none"] | None = None
 
     def __post_init__(self) -> None:
-        for method in (self.method, *self.baselines):
-            check_method(method)
         defining = method_settings(self.method, {"algorithm": self.algorithm, "kl_on": self.kl_on})
         self.algorithm, self.kl_on = defining["algorithm"], defining["kl_on"]
         super().__post_init__()
         if self.questions is not None:
             at_least("rl.questions", self.questions, 1)
         at_least("rl.eval_questions", self.eval_questions, 1)
-        for method in self.baselines:  # each baseline's settings are checked now, not when it starts training
+        for method in self.baselines:  # each baseline's name and settings are checked now, not when it starts training
             self.for_method(method)
 
     def for_method(self, method: str, **changes: object) -> RLConfig:
