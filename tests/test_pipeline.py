@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -38,7 +40,7 @@ def test_scratch_pipeline_runs_caches_and_reports(tmp_path):
     assert list(summaries) == ["world", "index", "oracle", "tokenizer", "base", "teacher"]
     assert summaries["index"]["passages"] == sum(1 for _ in (tmp_path / "run/world/corpus.jsonl").open())
     assert ChromaStore(tmp_path / "run/world/chroma", must_exist=True).hnsw() == {
-        "ef_construction": 100, "max_neighbors": 24, "ef_search": 150}  # store settings reach the index; the rest is Chroma's
+        "ef_construction": 400, "max_neighbors": 24, "ef_search": 150}  # store settings reach the index; the rest is the preset's
     assert summaries["oracle"]["test"]["em"] >= 0.9 and summaries["oracle"]["test"]["evidence_recall"] >= 0.95
     assert list(summaries["oracle"]) == ["train", "dev", "test"]  # the teacher trains on the train demonstrations
     assert summaries["tokenizer"] == {"source": "trained", "vocab": 1024}
@@ -66,6 +68,18 @@ def test_scratch_pipeline_runs_caches_and_reports(tmp_path):
     after = {p.name: p.read_text() for p in (tmp_path / "run/.stages").iterdir()}
     assert after["world.json"] == markers["world.json"] and after["index.json"] == markers["index.json"]
     assert after["oracle.json"] != markers["oracle.json"]
+    # A store setting that shapes the index when it is built rebuilds the run's index on the next
+    # `dgpo-agent train`, where the store's own check refuses to reopen a store with other build settings.
+    wider = tmp_path / "wider.yaml"
+    wider.write_text(SCRATCH.replace("max_neighbors: 24", "max_neighbors: 32"))
+    done = subprocess.run([sys.executable, "-m", "dgpo_agent.cli", "train", "--preset", "smoke", "--config", str(wider),
+                           "--out", str(tmp_path / "run"), "--stop-after", "index"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rebuilt = json.loads((tmp_path / "run/.stages/index.json").read_text())
+    assert rebuilt["summary"] == summaries["index"] and rebuilt["fingerprint"] != json.loads(markers["index.json"])["fingerprint"]
+    read = f"from dgpo_agent.store import ChromaStore; print(ChromaStore({str(tmp_path / 'run/world/chroma')!r}, must_exist=True).hnsw())"
+    built = subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, check=True).stdout  # this process holds the old store open
+    assert "'max_neighbors': 32" in built
 
 
 def test_adding_a_method_trains_only_that_one_and_a_changed_setting_starts_over(tmp_path):
@@ -265,7 +279,7 @@ def test_a_new_optional_setting_keeps_existing_fingerprints_and_a_set_one_change
     class NewerStoreSettings(StoreSettings):  # a release that adds an optional setting
         shards: int | None = None
 
-    cfg.store = NewerStoreSettings()
+    cfg.store = NewerStoreSettings(**dataclasses.asdict(cfg.store))
     assert cfg.fingerprint("store", "rl") == before  # existing runs keep their cached stages
     cfg.store.shards = 4
     assert cfg.fingerprint("store", "rl") != before

@@ -76,6 +76,31 @@ def test_recorded_test_metrics_are_reused_only_with_the_settings_they_were_score
     assert starting_point.recorded_test(run.cfg, teacher, assets=assets) is None
 
 
+def test_rescored_test_metrics_ship_with_the_settings_they_were_scored_with(prepared, tmp_path):
+    """Evaluation settings that change (a wider index) make runs score the shipped models again;
+    `prepare --rescore` ships those scores, so later runs with the new settings reuse them."""
+    run = small_world_run(prepared)
+    assets = tmp_path / "assets"
+    starting_point.export(run, {"base": {"student_test": SCORES}, "teacher": {"test": SCORES}}, "cmd", dest=assets)
+    wider = small_world_run(tmp_path / "wider")
+    wider.cfg.store.ef_search = 300
+    shutil.copytree(prepared / "world", wider.dir.world.root)
+    for part in ("base-student", "teacher"):
+        starting_point.install(wider, part, assets=assets)
+    assert starting_point.recorded_test(wider.cfg, wider.dir.teacher, assets=assets) is None
+    rescored = {"all": {"n": 2, "em": 1.0, "hit": 1.0}}
+    for model in (wider.dir.teacher, wider.dir.base("student")):
+        (model / "test.metrics.json").write_text(json.dumps(rescored))  # what the base and teacher stages write
+    starting_point.rescore(wider, {"base": {"student_test": rescored}, "teacher": {"test": rescored}}, dest=assets)
+    assert starting_point.recorded_test(wider.cfg, wider.dir.teacher, assets=assets) == rescored
+    assert starting_point.recorded_test(run.cfg, wider.dir.teacher, assets=assets) is None  # scored with the wider index only
+    assert starting_point.read_record(assets)["scores"]["teacher"] == rescored
+    starting_point.install(run, "teacher", assets=assets)  # every hash still holds
+    (wider.dir.teacher / "model.safetensors").write_bytes(b"another teacher")
+    with pytest.raises(DGPOError, match="scored another teacher than the shipped one"):
+        starting_point.rescore(wider, {"base": {"student_test": rescored}, "teacher": {"test": rescored}}, dest=assets)
+
+
 def test_a_default_run_reuses_the_shipped_models_test_metrics(tmp_path):
     """The shipped teacher and base student were scored with the tiny preset's evaluation settings, so
     a default run must not score them again (minutes of the default run's budget). A record compared

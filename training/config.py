@@ -45,7 +45,8 @@ class WorldSettings:
 @dataclass
 class StoreSettings:
     """The Chroma store the corpus is indexed into. HNSW parameters left at None keep Chroma's defaults;
-    larger values find the exact neighbours more often at some query time (bench/README.md)."""
+    larger values find the exact neighbours more often at some query time (bench/README.md, "Exact
+    retrieval"). Changing a build parameter rebuilds the run's index."""
 
     collection: str = "dgpo"
     embedder: str | None = None  # None: the packaged all-MiniLM-L6-v2
@@ -474,6 +475,10 @@ _TINY: dict[str, Any] = {
     # The teacher's top 64 tokens hold nearly all of its mass (bench/README.md, "Pipeline stages"), and
     # a table of them replaces its forward in every KD step; chunks of 2 cut the padding.
     "cold_start": {"eval_every": 600, "micro_batch_size": 2, "teacher_top_k": 64},
+    # An HNSW graph wide enough that every search returns the exact nearest passages: at Chroma's
+    # defaults some queries miss one, and which ones changes each time the index is built, so two runs
+    # with one seed drew different rollouts (bench/README.md, "Exact retrieval").
+    "store": {"ef_construction": 400, "max_neighbors": 32, "ef_search": 400},
 }
 
 # A real pretrained model on real Wikipedia on 2 CPU cores: SmolLM2-135M-Instruct, fine-tuned on the

@@ -148,7 +148,7 @@ def index_stage(run: Run) -> dict:
     s = run.cfg.store
     device = s.device or "cpu"
     embedder = Embedder(s.embedder, device=device) if s.embedder else None
-    store = index_corpus(run.corpus_file, run.dir.world.store, s.collection, embedder, s.batch_size, hnsw=s.hnsw(), device=device)
+    store = index_corpus(run.corpus_file, run.dir.world.store, s.collection, embedder, s.batch_size, hnsw=s.hnsw(), device=device, rebuild=True)
     return {"passages": store.count()}
 
 

@@ -104,7 +104,8 @@ def export(run: Run, summaries: dict[str, dict], command: str, dest: Path = ASSE
             "corpus_sha256": sha256(run.dir.world.corpus),
         },
         "seconds": {stage: round(s, 1) for stage, s in stage_seconds(run.dir).items()},
-        "scores": {"base_student": summaries["base"]["student_test"], "teacher": summaries["teacher"]["test"]},
+        "scores": scores(summaries),
+        "scored_with": eval_settings(cfg),
         "first_turns": [
             {"question": q, "turn": t} for q, t in zip(questions, first_turns(run.dir.teacher, questions, cfg.eval.max_new_tokens))
         ],
@@ -114,11 +115,40 @@ def export(run: Run, summaries: dict[str, dict], command: str, dest: Path = ASSE
     return record
 
 
+def rescore(run: Run, summaries: dict[str, dict], dest: Path = ASSETS) -> dict:
+    """Ship the test metrics ``run`` scored the shipped base student and teacher with (its ``base`` and
+    ``teacher`` stages, on hash-identical weights), as scored with its evaluation settings: runs with
+    those settings then reuse them. The weights and everything else of the record stay as prepared."""
+    record = read_record(dest)
+    for part in ("base-student", "teacher"):
+        name = f"{part}/{METRICS_FILE}"
+        weights = {f: d for f, d in record["files"].items() if f.startswith(f"{part}/") and f != name}
+        for file, digest in weights.items():
+            if sha256(part_dir(run.dir, part) / file.split("/", 1)[1]) != digest:
+                raise DGPOError(f"{run.dir.root} scored another {part} than the shipped one: rescore in a run of the shipped starting point (`dgpo-agent prepare --rescore --out NEW_DIR`)")
+        shutil.copyfile(part_dir(run.dir, part) / METRICS_FILE, dest / name)
+        record["files"][name] = sha256(dest / name)
+    record.update(scores=scores(summaries), scored_with=eval_settings(run.cfg))
+    (dest / "record.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return record
+
+
+def scores(summaries: dict[str, dict]) -> dict:
+    """The shipped parts' test scores, from the ``base`` and ``teacher`` stages' summaries."""
+    return {"base_student": summaries["base"]["student_test"], "teacher": summaries["teacher"]["test"]}
+
+
+def eval_settings(cfg: PipelineConfig) -> dict:
+    """The settings a test evaluation depends on (``EVAL_SECTIONS``), as the record keeps them."""
+    return {name: dataclasses.asdict(getattr(cfg, name)) for name in EVAL_SECTIONS}
+
+
 def recorded_test(cfg: PipelineConfig, installed: Path, assets: Path = ASSETS) -> dict | None:
     """The installed part's recorded test metrics (``test.metrics.json``) when this run evaluates with
     the settings they were scored with; None when it must evaluate itself."""
     path = installed / METRICS_FILE
-    recorded = read_record(assets).get("config", {})
+    record = read_record(assets)
+    recorded = record.get("scored_with") or record.get("config", {})
     if not path.is_file() or set_only({s: recorded.get(s) for s in EVAL_SECTIONS}) != cfg.settings(*EVAL_SECTIONS):
         return None
     return json.loads(path.read_text())

@@ -8,10 +8,11 @@ an ONNX model, and a second embedding model would silently put the index in anot
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import chromadb
@@ -145,12 +146,21 @@ class ChromaStore:
         self.last_ingest: dict[str, int] | None = None  # what the last ``index_corpus`` did to the store
         hnsw = _check_hnsw(hnsw or {})
         self._client = _connect(self.location, must_exist)
-        self._collection = self._get() if must_exist else self._get_or_create(embedder or Embedder(device=device), hnsw)
-        self.embedder = self._recorded_embedder(embedder)
-        self._apply_hnsw(hnsw)
+        try:
+            self._collection = self._get() if must_exist else self._get_or_create(embedder or Embedder(device=device), hnsw)
+            self.embedder = self._recorded_embedder(embedder)
+            self._apply_hnsw(hnsw)
+        except BaseException:  # a refused store is let go of at once, so its folder can be moved or rebuilt
+            self._client.close()
+            raise
 
     def __repr__(self) -> str:
         return f"ChromaStore({self.location!r}, collection={self.name!r}, embedder={self.embedder!r})"
+
+    def close(self) -> None:
+        """Release this store's client: once every client of a local store is closed, Chroma lets go
+        of its files, and a store opened at the same path later reads what is there then."""
+        self._client.close()
 
     def _get(self) -> Any:
         try:
@@ -341,11 +351,16 @@ def index_corpus(
     progress: bool = True,
     hnsw: Mapping[str, int] | None = None,
     device: str = "cpu",
+    rebuild: bool = False,
 ) -> ChromaStore:
     """Index a JSONL corpus into a store (or bring an existing store in line with it: see ``ingest``) and
     return the store, with the counts of the last ingest as ``store.last_ingest``. The corpus is read and
     checked before the store is opened, and a store this call created is removed if indexing fails.
-    ``device`` embeds with the recorded (or default) model there when no ``embedder`` is given."""
+    ``device`` embeds with the recorded (or default) model there when no ``embedder`` is given.
+
+    A local store built with other HNSW build parameters (``HNSW_BUILD``) is refused, or with
+    ``rebuild`` built again beside it and put in its place once complete (a pipeline's own store; no
+    other client of this process may hold it open, or that client would still read the old one)."""
     check_device(device)
     if batch_size < 1:
         raise DGPOError(f"batch_size must be at least 1 (got {batch_size})")
@@ -355,6 +370,8 @@ def index_corpus(
     folder = None if is_url(location) else Path(location).expanduser()
     if folder is not None and folder.is_dir() and any(folder.iterdir()) and not (folder / CHROMA_FILE).is_file():
         raise DGPOError(f"{location} is a folder that holds no Chroma store: pass a new or empty folder for the store")
+    if rebuild and folder is not None and _built_otherwise(folder, collection, _check_hnsw(hnsw or {})):
+        _replace_store(folder, lambda staged: index_corpus(corpus_path, staged, collection, embedder, batch_size, progress, hnsw, device))
     created = folder is not None and not folder.exists()
     try:
         store = ChromaStore(location, collection, embedder, hnsw=hnsw, device=device)
@@ -364,3 +381,31 @@ def index_corpus(
             shutil.rmtree(folder, ignore_errors=True)
         raise
     return store
+
+
+def _built_otherwise(folder: Path, collection: str, hnsw: Mapping[str, int]) -> bool:
+    """Whether the store in ``folder`` holds ``collection`` built with other build parameters than ``hnsw``
+    sets (its client closed again, so the folder can be replaced)."""
+    if not (folder / CHROMA_FILE).is_file():
+        return False
+    try:
+        store = ChromaStore(folder, collection, must_exist=True)
+    except DGPOError:  # no such collection yet: it is built as asked
+        return False
+    try:
+        built = store.hnsw()
+    finally:
+        store.close()
+    return any(key in hnsw and hnsw[key] != built.get(key) for key in HNSW_BUILD)
+
+
+def _replace_store(folder: Path, build: Callable[[Path], ChromaStore]) -> None:
+    """Build a store beside ``folder`` and swap it in once it is complete: an interrupted build leaves
+    the old store where it was."""
+    staged, replaced = folder.with_name(folder.name + ".rebuild"), folder.with_name(folder.name + ".replaced")
+    for leftover in (staged, replaced):
+        shutil.rmtree(leftover, ignore_errors=True)
+    build(staged).close()
+    os.replace(folder, replaced)
+    os.replace(staged, folder)
+    shutil.rmtree(replaced)
