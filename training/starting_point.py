@@ -98,14 +98,14 @@ def export(run: Run, summaries: dict[str, dict], command: str, dest: Path = ASSE
     questions = [r["question"] for r in load_questions(run.dir.world.questions("test"))[:PROBE_QUESTIONS]]
     record = {
         "command": command,
-        "config": {name: dataclasses.asdict(getattr(cfg, name)) for name in sections},
+        "config": section_settings(cfg, sections),
         "world": {
             "settings": {"seed": cfg.world.seed, "size": cfg.world.size},
             "corpus_sha256": sha256(run.dir.world.corpus),
         },
         "seconds": {stage: round(s, 1) for stage, s in stage_seconds(run.dir).items()},
         "scores": scores(summaries),
-        "scored_with": eval_settings(cfg),
+        "scored_with": section_settings(cfg, EVAL_SECTIONS),
         "first_turns": [
             {"question": q, "turn": t} for q, t in zip(questions, first_turns(run.dir.teacher, questions, cfg.eval.max_new_tokens))
         ],
@@ -128,7 +128,7 @@ def rescore(run: Run, summaries: dict[str, dict], dest: Path = ASSETS) -> dict:
                 raise DGPOError(f"{run.dir.root} scored another {part} than the shipped one: rescore in a run of the shipped starting point (`dgpo-agent prepare --rescore --out NEW_DIR`)")
         shutil.copyfile(part_dir(run.dir, part) / METRICS_FILE, dest / name)
         record["files"][name] = sha256(dest / name)
-    record.update(scores=scores(summaries), scored_with=eval_settings(run.cfg))
+    record.update(scores=scores(summaries), scored_with=section_settings(run.cfg, EVAL_SECTIONS))
     (dest / "record.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
 
@@ -138,9 +138,9 @@ def scores(summaries: dict[str, dict]) -> dict:
     return {"base_student": summaries["base"]["student_test"], "teacher": summaries["teacher"]["test"]}
 
 
-def eval_settings(cfg: PipelineConfig) -> dict:
-    """The settings a test evaluation depends on (``EVAL_SECTIONS``), as the record keeps them."""
-    return {name: dataclasses.asdict(getattr(cfg, name)) for name in EVAL_SECTIONS}
+def section_settings(cfg: PipelineConfig, sections: tuple[str, ...]) -> dict:
+    """The settings of ``sections`` of ``cfg``, as the record keeps them."""
+    return {name: dataclasses.asdict(getattr(cfg, name)) for name in sections}
 
 
 def recorded_test(cfg: PipelineConfig, installed: Path, assets: Path = ASSETS) -> dict | None:

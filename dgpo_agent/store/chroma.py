@@ -207,7 +207,7 @@ class ChromaStore:
     def _apply_hnsw(self, hnsw: Mapping[str, int]) -> None:
         """Refuse build parameters the collection was not built with; set ``ef_search`` if it differs."""
         current = self.hnsw()
-        built = {k: current.get(k) for k in HNSW_BUILD if k in hnsw and hnsw[k] != current.get(k)}
+        built = _build_changes(hnsw, current)
         if built:
             asked = ", ".join(f"{k}={hnsw[k]}" for k in built)
             has = ", ".join(f"{k}={v}" for k, v in built.items())
@@ -396,7 +396,13 @@ def _built_otherwise(folder: Path, collection: str, hnsw: Mapping[str, int]) -> 
         built = store.hnsw()
     finally:
         store.close()
-    return any(key in hnsw and hnsw[key] != built.get(key) for key in HNSW_BUILD)
+    return bool(_build_changes(hnsw, built))
+
+
+def _build_changes(asked: Mapping[str, int], built: Mapping[str, int]) -> dict[str, int | None]:
+    """The build parameters (``HNSW_BUILD``) that ``asked`` sets to other values than the store was
+    ``built`` with: {name: the built value}."""
+    return {k: built.get(k) for k in HNSW_BUILD if k in asked and asked[k] != built.get(k)}
 
 
 def _replace_store(folder: Path, build: Callable[[Path], ChromaStore]) -> None:
