@@ -4,11 +4,13 @@ HNSW is approximate: a query can miss a passage nearer than the ones it returns,
 depends on the graph, which Chroma does not build the same way twice from the same vectors. This
 rebuilds the run's index ``--builds`` times under each HNSW setting, from the vectors the run's store
 holds (nothing is embedded again but the queries), asks every build the run's own search queries (the
-teacher's, from TGO), and counts the queries whose top-k differs from an exact cosine search over all
-passages, and from the first build's. It also times each build and the queries.
+teacher's, from TGO, or those of any file of trajectories, such as the oracle's demonstrations), and
+counts the queries whose top-k differs from an exact cosine search over all passages, and from the
+first build's. It also times each build and the queries.
 
     python bench/retrieval_exactness.py --run runs/tiny
     python bench/retrieval_exactness.py --run runs/tiny --settings "" "ef_construction=400,max_neighbors=32,ef_search=400" --out bench/results/retrieval_exactness.json
+    python bench/retrieval_exactness.py --run runs/real-cpu --trajectories runs/real-cpu/oracle/train.jsonl
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from results_file import add_result  # bench/, beside this script
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, default=Path("runs/tiny"), help="a run whose TGO stage has finished")
+    parser.add_argument("--run", type=Path, default=Path("runs/tiny"), help="a run whose index stage has finished")
+    parser.add_argument("--trajectories", type=Path, help="JSONL trajectories whose search queries to ask (default: the run's TGO)")
     parser.add_argument("--settings", nargs="+", default=["", "ef_construction=400,max_neighbors=32,ef_search=400"],
                         help="HNSW settings to compare, each key=value,… ('' is Chroma's defaults)")
     parser.add_argument("--builds", type=int, default=3)
-    parser.add_argument("--queries", type=int, default=2000, help="the first N search queries of the run's TGO")
+    parser.add_argument("--queries", type=int, default=2000, help="the first N search queries of the trajectories")
     parser.add_argument("--k", type=int, default=3, help="passages per query (the agent's top_k)")
     parser.add_argument("--out", type=Path, help="add the result to this JSON file, under the run's path")
     args = parser.parse_args()
@@ -40,17 +43,22 @@ def main() -> None:
     from dgpo_agent.training.run import Run, RunDir
 
     folder = RunDir(args.run)
-    if not (folder.config.is_file() and folder.tgo.is_file()):
-        raise SystemExit(f"error: {args.run} has no finished TGO stage: run `dgpo-agent train --out {args.run} --stop-after tgo` first")
+    trajectories = args.trajectories or folder.tgo
+    if not folder.config.is_file():
+        raise SystemExit(f"error: {args.run} is not a run folder: run `dgpo-agent train --out {args.run} --stop-after index` first")
+    if not trajectories.is_file():
+        raise SystemExit(f"error: no trajectories at {trajectories}: finish the run's TGO stage or pass --trajectories")
+    queries = search_queries(trajectories, args.queries)
+    if not queries:
+        raise SystemExit(f"error: {trajectories} holds no search queries: pass trajectories that search")
     try:
         store = Run(build(PipelineConfig, json.loads(folder.config.read_text()))).store
     except DGPOError as err:
         raise SystemExit(f"error: {err}") from None
     ids, vectors = stored_vectors(store)
-    queries = search_queries(folder.tgo, args.queries)
     query_vectors = np.asarray(store.embedder.embed_queries(queries), dtype=np.float32)
     exact = exact_top_k(vectors, query_vectors, ids, args.k)
-    result = {"passages": len(ids), "queries": len(queries), "k": args.k, "builds": args.builds, "settings": {}}
+    result = {"passages": len(ids), "queries": len(queries), "trajectories": str(trajectories), "k": args.k, "builds": args.builds, "settings": {}}
     for text in args.settings:
         hnsw = parse_settings(text)
         result["settings"][text or "chroma defaults"] = row = compare_builds(ids, vectors, query_vectors, exact, hnsw, args.builds, args.k)
@@ -71,12 +79,15 @@ def stored_vectors(store) -> tuple[list[str], np.ndarray]:
     return [held["ids"][i] for i in order], np.asarray(held["embeddings"], dtype=np.float32)[order]
 
 
-def search_queries(tgo: Path, limit: int) -> list[str]:
-    """The search queries of the run's TGO rollouts, in order."""
+def search_queries(trajectories: Path, limit: int) -> list[str]:
+    """The search queries of the trajectories (TGO's rollouts, the oracle's demonstrations), in order."""
     queries = []
-    with tgo.open() as lines:
-        for line in lines:
-            queries += [step["query"] for step in json.loads(line)["steps"] if step["kind"] == "search"]
+    with trajectories.open() as lines:
+        for number, line in enumerate(lines, 1):
+            try:
+                queries += [step["query"] for step in json.loads(line)["steps"] if step["kind"] == "search"]
+            except (ValueError, KeyError, TypeError):
+                raise SystemExit(f"error: line {number} of {trajectories} is not a trajectory with steps: pass a TGO or oracle JSONL file") from None
             if len(queries) >= limit:
                 break
     return queries[:limit]

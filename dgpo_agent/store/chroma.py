@@ -128,7 +128,10 @@ class ChromaStore:
     embedder is recorded in the collection when it is created; reopening without one rebuilds it from that
     record (on ``device``), and an explicit embedder that disagrees with it is refused. ``hnsw`` (keys of ``HNSW_KEYS``;
     None leaves Chroma's default) sets the cosine index's parameters when the collection is created; on an existing one ``ef_search`` is
-    changed, and build parameters that disagree with the collection's are refused.
+    changed, and build parameters that disagree with the collection's are refused. A changed ``ef_search``
+    is recorded at once but searches with it only where the index is loaded after the change (a new
+    process, or this one if it has not yet searched or written the store): Chroma keeps the width an
+    index was loaded with.
     """
 
     def __init__(
