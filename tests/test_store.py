@@ -226,6 +226,25 @@ def test_the_default_runs_index_finds_the_exact_neighbours_where_chromas_default
     assert misses({}, "defaults") > 30  # the vectors are hard enough to tell
 
 
+def test_the_exactness_bench_takes_any_trajectories_and_refuses_other_files_in_one_line(tmp_path):
+    """``bench/retrieval_exactness.py --trajectories`` measures a store on any run's search queries
+    (a real-cpu run has no TGO of the tiny world's size); a file that is not trajectories, or one that
+    never searches, is named in one line before the store is opened."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")  # a run folder; its store is never reached
+    script = Path(__file__).resolve().parents[1] / "bench" / "retrieval_exactness.py"
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"id": "p1", "title": "A", "text": "a"}) + "\n")
+    silent = tmp_path / "silent.jsonl"
+    silent.write_text(json.dumps({"steps": [{"kind": "think", "turn": 1, "text": "no search"}]}) + "\n")
+    for trajectories, message in ((corpus, "line 1 of"), (silent, "holds no search queries")):
+        cmd = [sys.executable, str(script), "--run", str(run), "--trajectories", str(trajectories)]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode != 0 and "Traceback" not in done.stderr
+        assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
 def test_a_store_built_with_other_build_settings_is_refused_or_rebuilt_in_its_place(tmp_path, corpus, embedder):
     index_corpus(corpus, tmp_path / "db", embedder=embedder, progress=False, hnsw={"max_neighbors": 16}).close()
     with pytest.raises(DGPOError, match="built with max_neighbors=16, not max_neighbors=32"):
