@@ -54,6 +54,11 @@ def part_dir(run: RunDir, part: str) -> Path:
     return {"tokenizer": run.tokenizer, "base-student": run.base("student"), "teacher": run.teacher}[part]
 
 
+def part_files(record: dict, part: str) -> dict[str, str]:
+    """The files the record ships for ``part``, by their path inside the part, with their hashes."""
+    return {name.split("/", 1)[1]: digest for name, digest in record["files"].items() if name.split("/", 1)[0] == part}
+
+
 def install(run: Run, part: str, assets: Path = ASSETS) -> None:
     """Copy the shipped ``part`` into the run after checking that it was built for this run's world
     and that every file is the one the record hashed."""
@@ -69,11 +74,8 @@ def install(run: Run, part: str, assets: Path = ASSETS) -> None:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    for name, digest in record["files"].items():
-        folder, file = name.split("/", 1)
-        if folder != part:
-            continue
-        source = assets / name
+    for file, digest in part_files(record, part).items():
+        source = assets / part / file
         if not source.is_file() or sha256(source) != digest:
             raise DGPOError(f"shipped file {source} is missing or changed: reinstall dgpo-agent or run `dgpo-agent prepare`")
         shutil.copyfile(source, dest / file)
@@ -122,9 +124,9 @@ def rescore(run: Run, summaries: dict[str, dict], dest: Path = ASSETS) -> dict:
     record = read_record(dest)
     for part in ("base-student", "teacher"):
         name = f"{part}/{METRICS_FILE}"
-        weights = {f: d for f, d in record["files"].items() if f.startswith(f"{part}/") and f != name}
+        weights = {f: d for f, d in part_files(record, part).items() if f != METRICS_FILE}
         for file, digest in weights.items():
-            if sha256(part_dir(run.dir, part) / file.split("/", 1)[1]) != digest:
+            if sha256(part_dir(run.dir, part) / file) != digest:
                 raise DGPOError(f"{run.dir.root} scored another {part} than the shipped one: rescore in a run of the shipped starting point (`dgpo-agent prepare --rescore --out NEW_DIR`)")
         shutil.copyfile(part_dir(run.dir, part) / METRICS_FILE, dest / name)
         record["files"][name] = sha256(dest / name)
