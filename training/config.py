@@ -199,7 +199,7 @@ class ColdStartSettings(TrainerSettings):
     method: str = "kd"
     baselines: list[str] = field(default_factory=list)
     # Chosen on dev: the longest cold start that leaves the default run time for RL's 30 steps within
-    # its 30 minutes; copying unseen names forms late (bench/README.md, "RL's minutes or more KD").
+    # its 30 minutes; copying unseen names forms late (bench/README.md, "The split that fits").
     steps: int = 2400
     kd_lambda: float = 1.0
     ce_weight: float = 0.0
