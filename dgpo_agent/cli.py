@@ -165,12 +165,15 @@ def train(
     """Run the training pipeline stage by stage; finished stages are cached and skipped on re-runs."""
     from dgpo_agent.training.config import load_config
     from dgpo_agent.training.pipeline import run_pipeline
+    from dgpo_agent.training.report import paired_gains
+    from dgpo_agent.training.run import RunDir
 
     cfg = load_config(preset, config, out)
     _quiet_transformers()
     summaries = run_pipeline(cfg, stop_after=stop_after)
     if "results" in summaries:
         _print_summary("test EM (greedy, entity-disjoint test split)", {m: em["all"] for m, em in summaries["results"].items()})
+        _print_gains(paired_gains(RunDir(Path(cfg.out))))
     typer.echo(f"report written to {Path(cfg.out) / 'report.md'}")
 
 
@@ -243,6 +246,7 @@ def eval_(
     for m in results["models"]:
         overall = m["metrics"]["all"]
         typer.echo(f"{m['name']}: EM {overall['em']:.3f}, hit ratio {overall['hit']:.3f}, n {overall['n']}")
+    _print_gains(results["comparisons"])
     typer.echo(f"report written to {out / 'report.md'}")
 
 
@@ -306,6 +310,15 @@ def _quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
+
+
+def _print_gains(comparisons: list[dict]) -> None:
+    """One line per paired comparison (``evals.paired``): the gain, its interval, the questions that moved."""
+    for c in comparisons:
+        typer.echo(
+            f"{c['model']} against {c['reference']}: EM {c['gain']:+.3f} ({c['low']:+.3f} to {c['high']:+.3f}, {c['confidence']:.0%} bootstrap "
+            f"over {c['n']} questions; right only with {c['model']} on {c['better']}, only with {c['reference']} on {c['worse']})"
+        )
 
 
 def _print_summary(title: str, summary: dict) -> None:

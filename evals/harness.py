@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from dgpo_agent.errors import DGPOError
+from dgpo_agent.evals.paired import compare
 from dgpo_agent.evals.probes import run_probes
 from dgpo_agent.evals.scoring import aggregate, score
 from dgpo_agent.protocol import ChatFormat
@@ -130,7 +131,8 @@ def evaluate_models(
     data: Path,
     **policy_kwargs: Any,
 ) -> dict:
-    """Evaluate each ``(name, model spec)`` in turn on ``records`` from the file ``data``.
+    """Evaluate each ``(name, model spec)`` in turn on ``records`` from the file ``data``, and compare
+    every later model with the first, question by question (``evals.paired``).
 
     Trajectories go to ``out/trajectories/<name>.jsonl`` beside the settings they were made with; a
     re-run resumes them, and refuses to mix in rows made with other settings, data or weights.
@@ -139,13 +141,16 @@ def evaluate_models(
 
     _check_names(models)
     results = {"data": describe_data(records, data), "settings": config.describe(), "models": []}
+    paths = {name: out / "trajectories" / f"{name}.jsonl" for name, _ in models}
     for name, spec in models:
-        path = out / "trajectories" / f"{name}.jsonl"
+        path = paths[name]
         made_by = {**model_identity(spec), "data_sha256": results["data"]["sha256"]}
         _claim(path, {**made_by, **config.describe()})  # here, not in evaluate(): refuse before loading the model
         policy = resolve_policy(spec, **policy_kwargs)
         rows = evaluate(records, policy, retriever, config, path, label=name)
         results["models"].append({"name": name, "model": str(spec), "metrics": metrics(rows)})
+    first = models[0][0]
+    results["comparisons"] = compare([(name, first) for name, _ in models[1:]], paths, [r["id"] for r in records])
     return results
 
 

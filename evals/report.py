@@ -1,9 +1,10 @@
 """Reports of one evaluation of several models: metrics JSON, a Markdown report and PNG charts.
 
 The Markdown follows the paper's layout: methods (rows) × data sources (columns) for EM, F1, hit ratio,
-search steps and evidence recall (Tables 1 and 3), the evidence probes as w/o think | w/ think pairs
-per source (Table 2), then every metric overall, grouped by ARC capability. Charts use matplotlib's
-Agg backend, imported only here.
+search steps and evidence recall (Tables 1 and 3), with the paired EM gains the results hold
+(``evals.paired``) after EM; the evidence probes as w/o think | w/ think pairs per source (Table 2);
+then every metric overall, grouped by ARC capability. Charts use matplotlib's Agg backend, imported
+only here.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def markdown(results: dict) -> str:
         ("Query Rewriting: gold-evidence recall", "evidence_recall"),
     ):
         lines += [f"## {title}", "", *_source_table(results, key), ""]
+        if key == "em" and results.get("comparisons"):
+            lines += ["## Answer: paired EM gains (each model against a reference, question by question)", "", *comparison_table(results["comparisons"]), ""]
     lines += ["## Source Referencing & Thinking: EM given the gold evidence", "", *_probe_table(results), ""]
     lines += ["## All metrics, overall", "", *_overall_table(results), ""]
     return "\n".join(lines)
@@ -73,6 +76,19 @@ def _source_table(results: dict, key: str) -> list[str]:
     columns = sources(results)
     rows = [[m["name"], *(_cell(m["metrics"].get(s, {}), key) for s in columns)] for m in results["models"]]
     return _table(["Method", *columns], rows)
+
+
+def comparison_table(comparisons: list[dict]) -> list[str]:
+    """Each paired comparison's EMs, gain and interval (``evals.paired``), and the questions that moved."""
+    rows = [
+        [c["model"], c["reference"], f"{c['reference_mean']:.3f} → {c['model_mean']:.3f}", f"{c['gain']:+.3f}",
+         f"{c['low']:+.3f} to {c['high']:+.3f}", str(c["better"]), str(c["worse"]), str(c["n"])]
+        for c in comparisons
+    ]
+    header = ["Method", "against", "EM", "gain", "interval", "right only here", "right only there", "n"]
+    levels = sorted({f"{c['confidence']:.0%}" for c in comparisons})
+    note = f"_Intervals: {', '.join(levels)} percentile bootstrap over the questions; one that holds 0 is no evidence of a difference._"
+    return [*_table(header, rows), "", note]
 
 
 def _probe_table(results: dict) -> list[str]:

@@ -1,5 +1,6 @@
 """The bench's arms files are checked like any run config, before anything trains: an arm with a bad
-setting must fail in a second, not after the arms before it have trained for hours."""
+setting must fail in a second, not after the arms before it have trained for hours. And the bench's
+fresh question samples ask new things about the same entities."""
 
 from __future__ import annotations
 
@@ -118,3 +119,23 @@ def test_the_table_shows_a_spread_only_over_seeds():
     assert lines[2] == "| teacher | 0.802 |"
     assert lines[3] == "| dgpo | 0.480 ± 0.010 |"
     assert lines[4] == "| one-seed | 0.453 |"
+
+
+def test_fresh_questions_ask_new_things_about_the_same_entities(small_world, tmp_path):
+    """`bench/fresh_questions.py`: a second sample of a split repeats none of its questions, names
+    only that split's entities, keeps its mix of families, and is the same on every run."""
+    from dgpo_agent.world import load_questions
+
+    runs = [tmp_path / "first.jsonl", tmp_path / "second.jsonl"]
+    for out in runs:
+        subprocess.run([sys.executable, ROOT / "bench" / "fresh_questions.py", "--world", small_world, "--split", "dev",
+                        "--questions", "40", "--out", out], check=True, capture_output=True)
+    assert runs[0].read_bytes() == runs[1].read_bytes()
+    fresh = load_questions(runs[0])
+    own = load_questions(small_world / "dev.jsonl")
+    split_of = json.loads((small_world / "kb.json").read_text())["splits"]
+    assert {split_of[e] for q in fresh for e in q["entities"]} == {"dev"}
+    assert not {(q["family"], tuple(q["entities"])) for q in fresh} & {(q["family"], tuple(q["entities"])) for q in own}
+    assert len({q["id"] for q in fresh}) == len(fresh) > 0
+    families = {q["family"] for q in fresh}
+    assert families <= {q["family"] for q in own} and len(families) > 1

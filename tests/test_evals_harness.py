@@ -189,10 +189,17 @@ def test_compare_the_oracle_and_a_tiny_checkpoint_on_searchr1_data(tmp_path, sma
     tokenizer.save_pretrained(tmp_path / "tiny")
     out = tmp_path / "report"
     tiny = ["--max-turns", 1, "--max-new-tokens", 8, "--device", "cpu"]
-    _eval("--model", "oracle", "--model", f"tiny={tmp_path / 'tiny'}", "--data", FIXTURES / "searchr1_mini.parquet",
-          "--store", small_world / "chroma", "--out", out, *tiny)
+    output = _eval("--model", "oracle", "--model", f"tiny={tmp_path / 'tiny'}", "--data", FIXTURES / "searchr1_mini.parquet",
+                   "--store", small_world / "chroma", "--out", out, *tiny).output
     result = json.loads((out / "metrics.json").read_text())
     assert [m["name"] for m in result["models"]] == ["oracle", "tiny"]
+    # Every later model is compared with the first, question by question.
+    oracle_right = round(result["models"][0]["metrics"]["all"]["em"] * 12)
+    [comparison] = result["comparisons"]
+    assert (comparison["model"], comparison["reference"], comparison["n"]) == ("tiny", "oracle", 12)
+    assert (comparison["better"], comparison["worse"], comparison["high"]) == (0, oracle_right, comparison["high"])
+    assert comparison["low"] <= comparison["gain"] == -round(oracle_right / 12, 4) <= comparison["high"] < 0
+    assert f"tiny against oracle: EM {comparison['gain']:+.3f}" in output
     assert result["data"]["sources"] == {"hotpotqa": 4, "musique": 4, "nq": 4}
     oracle, random_model = (m["metrics"] for m in result["models"])
     assert set(oracle) == {"all", "hotpotqa", "musique", "nq"}
@@ -201,6 +208,7 @@ def test_compare_the_oracle_and_a_tiny_checkpoint_on_searchr1_data(tmp_path, sma
     report = (out / "report.md").read_text()
     assert "| Method | hotpotqa | musique | nq | all |" in report and "| tiny |" in report
     assert "No question in this data has gold evidence" in report
+    assert "## Answer: paired EM gains" in report and f"| tiny | oracle | {oracle_right / 12:.3f} → 0.000 |" in report
 
     # The same checkpoint on world questions, with evidence: the probes run, and one question per
     # batch gives the same trajectories as the whole batch.

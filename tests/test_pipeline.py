@@ -207,11 +207,19 @@ def test_model_stages_distil_a_teacher_that_answers_then_run_rl_and_report(small
     assert results["dgpo"]["all"] == rl["dgpo"]["test"]["all"]["em"]
     arc = (run / "arc/report.md").read_text()
     assert "| dgpo |" in arc and "| cold-start-kd |" in arc and (run / "arc/arc.png").is_file()
+    # Each RL method is compared with the model it started from, question by question; the base
+    # student (no test trajectories here) and the teacher (not trained by the run) with none.
+    gains = {c["model"]: c for c in json.loads((run / "arc/metrics.json").read_text())["comparisons"]}
+    assert {m: gains[m]["reference"] for m in gains} == {"dgpo": "cold-start-kd", "grpo": "cold-start-kd"}
+    for method, gain in gains.items():
+        assert gain["model_mean"] == results[method]["all"] and gain["reference_mean"] == results["cold-start-kd"]["all"]
+        assert abs(gain["gain"] - (gain["model_mean"] - gain["reference_mean"])) <= 1e-4 and gain["low"] <= gain["gain"] <= gain["high"]
 
     write_report(prepared.dir, {"tgo": tgo, "cold-start": cold, "rl": rl, "results": results})
     report = (run / "report.md").read_text()
     assert "| cold start (kd) |" in report and "| cold start (seqkd) |" in report and "yield" in report
     assert "| dgpo |" in report and "| ppo-from-base |" in report and "arc/report.md" in report
+    assert "## Gains over each model's starting point" in report and "| dgpo | cold-start-kd |" in report
 
 
 def test_smoke_preset_runs_the_default_path_end_to_end(tmp_path):

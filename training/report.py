@@ -1,12 +1,14 @@
 """The run's report card (``report.md``), rewritten after every pipeline run from stage summaries:
 the test EM of every model in the paper's layout (models × data sources), the oracle's full metrics,
-the teacher's TGO yield, the cold start's EM curve, and each stage's summary."""
+each trained model's paired EM gain over its starting point, the teacher's TGO yield, the cold start's
+EM curve, and each stage's summary."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from dgpo_agent.evals.report import comparison_table
 from dgpo_agent.training.plots import plot_curves
 from dgpo_agent.training.run import RunDir
 
@@ -38,6 +40,8 @@ def write_report(run: RunDir, summaries: dict[str, dict]) -> Path:
         label = summaries.get("world", {}).get("test_label", "the world's entity-disjoint test split")
         lines += [f"## Test EM (greedy, {label}, through the graph)", "", *em_table(rows), ""]
         lines += ["## How each model searched and answered (all test questions)", "", *behaviour_table(rows), ""]
+    if "results" in summaries and (gains := paired_gains(run)):
+        lines += ["## Gains over each model's starting point (paired over the test questions)", "", *comparison_table(gains), ""]
     if oracle_test:
         lines += ["## Oracle (the ceiling) on the test split", "", *metrics_table(oracle_test), ""]
     if "tgo" in summaries:
@@ -51,6 +55,13 @@ def write_report(run: RunDir, summaries: dict[str, dict]) -> Path:
         lines += [f"## {stage}", "", "```json", json.dumps(summary, indent=2, sort_keys=True), "```", ""]
     run.report.write_text("\n".join(lines))
     return run.report
+
+
+def paired_gains(run: RunDir) -> list[dict]:
+    """The results stage's paired EM gains of each trained model over its starting point
+    (``arc/metrics.json``; none where neither model of a pair kept its test trajectories)."""
+    path = run.arc / "metrics.json"
+    return json.loads(path.read_text()).get("comparisons", []) if path.is_file() else []
 
 
 def em_table(rows: dict[str, dict]) -> list[str]:

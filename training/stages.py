@@ -432,23 +432,38 @@ def tested_models(run: Run) -> list[tuple[str, Path]]:
 def results_stage(run: Run) -> dict:
     """The ARC report (``run/arc``) of every model the run tested, from their stored test trajectories:
     the paper's tables (methods × data sources for EM, hit ratio, searches, evidence recall; EM given
-    the gold evidence) and charts. Returns each model's test EM."""
+    the gold evidence), each trained model's paired EM gain over the model it started from, and charts.
+    Returns each model's test EM."""
     import json
 
     from dgpo_agent.evals.harness import EvalConfig, describe_data
+    from dgpo_agent.evals.paired import compare
     from dgpo_agent.evals.report import write_report
     from dgpo_agent.training.evaluate import METRICS_SUFFIX
 
     cfg = run.cfg
     records = run.questions("test", cfg.eval.questions)
     agent = cfg.agent.config(cfg.eval.max_new_tokens)
+    tested = tested_models(run)
+    trajectories = {name: run.dir.test_trajectories(path) for name, path in tested}
     models = [
-        {"name": name, "model": str(path), "metrics": json.loads(run.dir.test_trajectories(path).with_suffix(METRICS_SUFFIX).read_text())}
-        for name, path in tested_models(run)
+        {"name": name, "model": str(path), "metrics": json.loads(trajectories[name].with_suffix(METRICS_SUFFIX).read_text())}
+        for name, path in tested
     ]
+    comparisons = compare(starting_points(run), trajectories, [r["id"] for r in records])
     data = describe_data(records, run.test_file)
-    write_report({"data": data, "settings": EvalConfig(agent).describe(), "models": models}, run.dir.arc)
+    write_report({"data": data, "settings": EvalConfig(agent).describe(), "models": models, "comparisons": comparisons}, run.dir.arc)
     return {m["name"]: {s: v["em"] for s, v in m["metrics"].items()} for m in models}
+
+
+def starting_points(run: Run) -> list[tuple[str, str]]:
+    """(trained model, the model it started from) by their report names: each cold start from the base
+    student, each RL method from the main cold start or, with ``-from-base``, the base student."""
+    cold_start = f"cold-start-{run.cfg.cold_start.method}"
+    pairs = [(f"cold-start-{m}", "base-student") for m in run.cfg.cold_start.methods()]
+    if run.cfg.rl.max_steps:
+        pairs += [(m, "base-student" if m.endswith(FROM_BASE) else cold_start) for m in run.cfg.rl.methods()]
+    return pairs
 
 
 def _train_summary(metrics: dict) -> dict:
