@@ -17,6 +17,7 @@ from dgpo_agent.trajectories import read_rows
 
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
+BATCH_VALUES = 10_000_000  # resampled values held at once: bounds memory on evaluation sets of any size
 
 
 def paired_gain(
@@ -35,7 +36,8 @@ def paired_gain(
     before = np.array([reference[q] for q in sorted(reference)], dtype=float)
     diffs = np.array([model[q] for q in sorted(reference)], dtype=float) - before
     interval = bootstrap(
-        (diffs,), np.mean, n_resamples=RESAMPLES, method="percentile", confidence_level=confidence, rng=np.random.default_rng(seed)
+        (diffs,), np.mean, n_resamples=RESAMPLES, batch=max(1, BATCH_VALUES // len(diffs)), method="percentile",
+        confidence_level=confidence, rng=np.random.default_rng(seed),
     ).confidence_interval
     return {
         "n": len(diffs),

@@ -74,3 +74,29 @@ def test_compare_uses_the_questions_both_were_scored_on(tmp_path):
     table = comparison_table(result)
     assert table[2].startswith("| trained | start | 0.400 → 0.800 | +0.400 |")
     assert "95% percentile bootstrap" in table[-1]
+
+
+
+def test_resamples_are_drawn_in_batches_that_bound_memory(monkeypatch):
+    """However many questions, at most ``BATCH_VALUES`` resampled values are held at once (a Search-R1
+    test set has tens of thousands of questions: all resamples at once would take gigabytes)."""
+    import scipy.stats
+
+    from dgpo_agent.evals import paired
+
+    batches = []
+    real = scipy.stats.bootstrap
+
+    def recording(*args, **kwargs):
+        batches.append(kwargs.get("batch"))
+        return real(*args, **kwargs)
+
+    before = _scores([1] * 40 + [0] * 60)
+    after = _scores([1] * 35 + [0] * 5 + [1] * 15 + [0] * 45)
+    whole = paired_gain(before, after)
+    monkeypatch.setattr(scipy.stats, "bootstrap", recording)
+    monkeypatch.setattr(paired, "BATCH_VALUES", 1_000)
+    batched = paired_gain(before, after)
+    assert batches == [10]  # resamples of the 100 questions per batch
+    assert batched["gain"] == whole["gain"] and batched["low"] < batched["gain"] < batched["high"]
+    assert abs(batched["low"] - whole["low"]) < 0.02 and abs(batched["high"] - whole["high"]) < 0.02
