@@ -30,7 +30,7 @@ def paired_gain(
 
     if reference.keys() != model.keys():
         only = len(reference.keys() ^ model.keys())
-        raise DGPOError(f"{only} questions were scored for only one of the two models: compare evaluations of the same questions")
+        raise DGPOError(f"the two models were scored on different questions ({only} scored for one only): compare evaluations of the same questions")
     if not reference:
         raise DGPOError("no questions to compare: evaluate both models first")
     before = np.array([reference[q] for q in sorted(reference)], dtype=float)

@@ -46,7 +46,7 @@ def test_the_pairing_is_by_question_not_by_order():
 
 
 @pytest.mark.parametrize("before, after, message", [
-    (_scores([1, 0]), _scores([1, 0, 1]), "1 questions were scored for only one of the two models"),
+    (_scores([1, 0]), _scores([1, 0, 1]), r"scored on different questions \(1 scored for one only\)"),
     ({}, {}, "no questions to compare"),
 ])
 def test_unpaired_scores_are_refused(before, after, message):

@@ -59,7 +59,7 @@ def write_report(run: RunDir, summaries: dict[str, dict]) -> Path:
 
 def paired_gains(run: RunDir) -> list[dict]:
     """The results stage's paired EM gains of each trained model over its starting point
-    (``arc/metrics.json``; none where neither model of a pair kept its test trajectories)."""
+    (``arc/metrics.json``; none for a pair where one of the two has no test trajectories)."""
     path = run.arc / "metrics.json"
     return json.loads(path.read_text()).get("comparisons", []) if path.is_file() else []
 
