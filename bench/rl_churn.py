@@ -51,7 +51,7 @@ def main() -> None:
 
 def churn(before: Path, after: Path) -> dict:
     """One run's paired gain and the ids of the questions it won and lost."""
-    first = question_scores(before, _ids(before))
+    first = question_scores(before)
     second = question_scores(after, first.keys())
     return {
         **paired_gain(first, second),
@@ -72,10 +72,6 @@ def summarise(runs: list[dict]) -> dict:
         "lost_in_k_runs": [sum(1 for c in lost.values() if c == k) for k in range(1, len(runs) + 1)],
         "runs": [{k: v for k, v in r.items() if k not in ("won", "lost")} for r in runs],
     }
-
-
-def _ids(path: Path) -> list[str]:
-    return [json.loads(line)["id"] for line in path.read_text().splitlines()]
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ def paired_gain(
         raise DGPOError(f"the two models were scored on different questions ({only} scored for one only): compare evaluations of the same questions")
     if not reference:
         raise DGPOError("no questions to compare: evaluate both models first")
-    before = np.array([reference[q] for q in sorted(reference)], dtype=float)
-    diffs = np.array([model[q] for q in sorted(reference)], dtype=float) - before
+    order = sorted(reference)
+    before = np.array([reference[q] for q in order], dtype=float)
+    diffs = np.array([model[q] for q in order], dtype=float) - before
     interval = bootstrap(
         (diffs,), np.mean, n_resamples=RESAMPLES, batch=max(1, BATCH_VALUES // len(diffs)), method="percentile",
         confidence_level=confidence, rng=np.random.default_rng(seed),
@@ -52,10 +53,10 @@ def paired_gain(
     }
 
 
-def question_scores(trajectories: Path, ids: Collection[str], metric: str = "em") -> dict[str, float]:
-    """The ``metric`` of each question in ``ids`` from a trajectory file the harness wrote (which may
-    hold more questions, from an evaluation of more of them)."""
-    return {row["id"]: row["scores"][metric] for row in read_rows(trajectories) if row["id"] in ids}
+def question_scores(trajectories: Path, ids: Collection[str] | None = None, metric: str = "em") -> dict[str, float]:
+    """The ``metric`` of each question in ``ids`` (None: every question) from a trajectory file the
+    harness wrote (which may hold more questions, from an evaluation of more of them)."""
+    return {row["id"]: row["scores"][metric] for row in read_rows(trajectories) if ids is None or row["id"] in ids}
 
 
 def compare(pairs: Sequence[tuple[str, str]], trajectories: Mapping[str, Path], ids: Collection[str]) -> list[dict]:
