@@ -198,9 +198,10 @@ class ColdStartSettings(TrainerSettings):
     student: str | None = None  # an HF checkpoint instead of the base student
     method: str = "kd"
     baselines: list[str] = field(default_factory=list)
-    # Chosen on dev: the longest cold start that leaves the default run time for RL's 30 steps within
-    # its 30 minutes; copying unseen names forms late (bench/README.md, "The split that fits").
-    steps: int = 2400
+    # Chosen on dev with the tiny preset's 20 RL steps, of the splits that fit the default run's 30
+    # minutes: copying unseen names forms late, and RL adds more to a longer cold start
+    # (bench/README.md, "The split that fits" and "A longer cold start, fewer RL steps").
+    steps: int = 3400
     kd_lambda: float = 1.0
     ce_weight: float = 0.0
     temperature: float = 1.0
@@ -469,14 +470,15 @@ _TINY: dict[str, Any] = {
     # RL at CPU scale, every setting chosen on dev questions (bench/README.md, rl_tune, "RL's pool of
     # questions" and "Questions per step"): each step's 64 questions are new ones, never a pool that
     # comes back, with 2 rollouts each (the least that lets GRPO form a group).
+    # 20 steps, so that the longer cold start fits the 30 minutes; the policy warms up over 3 of them.
     "rl": {
-        "max_steps": 30, "rollout_batch_size": 64, "group_size": 2,
-        "learning_rate": 1e-4, "critic_learning_rate": 1e-4, "warmup_ratio": 0.1, "temperature": 0.7, "max_new_tokens": 96,
+        "max_steps": 20, "rollout_batch_size": 64, "group_size": 2,
+        "learning_rate": 1e-4, "critic_learning_rate": 1e-4, "warmup_ratio": 0.15, "temperature": 0.7, "max_new_tokens": 96,
         "save_every": 10, "eval_every": 10,
     },
     # The teacher's top 64 tokens hold nearly all of its mass (bench/README.md, "Pipeline stages"), and
     # a table of them replaces its forward in every KD step; chunks of 2 cut the padding.
-    "cold_start": {"eval_every": 600, "micro_batch_size": 2, "teacher_top_k": 64},
+    "cold_start": {"eval_every": 850, "micro_batch_size": 2, "teacher_top_k": 64},
     # An HNSW graph wide enough that every search returns the exact nearest passages: at Chroma's
     # defaults some queries miss one, and which ones changes each time the index is built, so two runs
     # with one seed drew different rollouts (bench/README.md, "Exact retrieval").

@@ -162,7 +162,10 @@ def teacher_table(
         keep = target_positions(batch["labels"])
         with head_at(keep.to(device), teacher):
             logits = teacher(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), use_cache=False).logits
-        top = F.log_softmax(logits[..., :vocab_size].float() / temperature, dim=-1).topk(min(k, vocab_size), dim=-1)
+        scaled = logits[..., :vocab_size].float()
+        if temperature != 1.0:  # dividing by 1 would only write another (N, V) tensor
+            scaled = scaled / temperature
+        top = F.log_softmax(scaled, dim=-1).topk(min(k, vocab_size), dim=-1)
         counts = keep.sum(1).tolist()
         for i, ids, logp in zip(rows, top.indices.cpu().split(counts), top.values.cpu().split(counts), strict=True):
             table[i] = TopK(ids, logp)
