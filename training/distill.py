@@ -117,17 +117,24 @@ def target_loss_terms(
     """``loss_terms`` on logits already gathered at the N target positions: (N, V) and targets (N,);
     the teacher as logits (N, V) or as its table's ``TopK`` rows."""
     tokens = torch.tensor(targets.numel(), device=student.device)
-    logp = F.log_softmax(student.float(), dim=-1)
+    logp = log_probs(student)
     ce = -logp.gather(-1, targets.unsqueeze(-1)).sum() / tokens.clamp(min=1)
     if teacher is None:
         return LossTerms(ce, None, tokens)
-    logp_s = logp if temperature == 1 else F.log_softmax(student.float() / temperature, dim=-1)
+    logp_s = logp if temperature == 1 else log_probs(student, temperature)
     if isinstance(teacher, TopK):
         kd = top_k_kl(logp_s, teacher).sum() / tokens.clamp(min=1)
     else:
-        logp_t = F.log_softmax(teacher.float() / temperature, dim=-1)
+        logp_t = log_probs(teacher, temperature)
         kd = F.kl_div(logp_s, logp_t, log_target=True, reduction="sum") / tokens.clamp(min=1)
     return LossTerms(ce, kd, tokens)
+
+
+def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Log-softmax over the last dimension at ``temperature``, in float32; at 1 without the division,
+    which would only write another (N, V) tensor."""
+    logits = logits.float()
+    return F.log_softmax(logits if temperature == 1 else logits / temperature, dim=-1)
 
 
 def top_k_kl(logp_s: torch.Tensor, teacher: TopK) -> torch.Tensor:
@@ -162,10 +169,7 @@ def teacher_table(
         keep = target_positions(batch["labels"])
         with head_at(keep.to(device), teacher):
             logits = teacher(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), use_cache=False).logits
-        scaled = logits[..., :vocab_size].float()
-        if temperature != 1.0:  # dividing by 1 would only write another (N, V) tensor
-            scaled = scaled / temperature
-        top = F.log_softmax(scaled, dim=-1).topk(min(k, vocab_size), dim=-1)
+        top = log_probs(logits[..., :vocab_size], temperature).topk(min(k, vocab_size), dim=-1)
         counts = keep.sum(1).tolist()
         for i, ids, logp in zip(rows, top.indices.cpu().split(counts), top.values.cpu().split(counts), strict=True):
             table[i] = TopK(ids, logp)
