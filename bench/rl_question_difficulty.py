@@ -24,13 +24,14 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("runs/tiny"), help="a run whose RL stage has finished")
     parser.add_argument("--method", default="dgpo", help="the RL method of the run to look at")
     parser.add_argument("--window", type=int, default=5, help="steps at each end of the run (the must-show's 5)")
+    parser.add_argument("--last", type=int, help="read the run as if it had ended at this step (default: its last logged step)")
     parser.add_argument("--out", type=Path, help="add this run's result to a JSON file, under its path")
     args = parser.parse_args()
 
     from dgpo_agent.errors import DGPOError
 
     try:
-        row = compare(args.run, args.method, args.window)
+        row = compare(args.run, args.method, args.window, args.last)
     except DGPOError as err:
         raise SystemExit(f"error: {err}") from None
     print(json.dumps(row, indent=2))
@@ -38,9 +39,11 @@ def main() -> None:
         add_result(args.out, str(args.run), row)
 
 
-def compare(run_dir: Path, method: str, window: int) -> dict:
+def compare(run_dir: Path, method: str, window: int, last: int | None = None) -> dict:
     """The run's logged reward and its starting policy's reward on the same rollout draws, per step of
-    the first and last ``window`` steps, with each end's mean."""
+    the first and last ``window`` steps up to step ``last`` (default: the last logged), with each end's
+    mean. A run whose learning rate is constant after its warm-up logs, up to any step, exactly what a
+    run of that many steps logs, so a longer run answers for a shorter one."""
     from dgpo_agent.errors import DGPOError
     from dgpo_agent.training import stages
     from dgpo_agent.training.callbacks import METRICS, read_log
@@ -54,7 +57,10 @@ def compare(run_dir: Path, method: str, window: int) -> dict:
         raise DGPOError(f"{run_dir} has no finished {method} RL stage: run `dgpo-agent train --out {run_dir}` first")
     run = Run(build(PipelineConfig, json.loads(folder.config.read_text())))
     logged = {e["step"]: e["reward"] for e in read_log(log_file)}
-    last = max(logged)
+    if last is None:
+        last = max(logged)
+    elif last not in logged:
+        raise DGPOError(f"{run_dir} logged no {method} step {last} (its last is {max(logged)}): pick a logged step with --last")
     steps = sorted({*range(1, window + 1), *range(last - window + 1, last + 1)} & logged.keys())
     start = stages.rl_start(run, method)
     with tempfile.TemporaryDirectory() as scratch:  # the trainer's folder: it never trains or saves here

@@ -197,12 +197,15 @@ def weights_sha256(spec: Any) -> str | None:
 
 def _claim(trajectories: Path, settings: dict) -> None:
     """Record what made a trajectory file (``<name>.settings.json`` beside it); refuse to resume one
-    that other settings, data or weights made."""
+    that other settings, data or weights made. A local checkpoint is its weights: the same weights
+    under another path (a run directory copied or moved) resume, and the record takes the new path."""
     path = trajectories.with_suffix(".settings.json")
     settings = json.loads(json.dumps(settings))  # tuples as JSON lists, to compare with what was written
     if path.is_file():
         claimed = json.loads(path.read_text())
         changed = sorted(k for k in settings.keys() | claimed.keys() if settings.get(k) != claimed.get(k))
+        if settings.get("weights_sha256") is not None and "weights_sha256" not in changed:
+            changed = [k for k in changed if k != "model"]
         if changed:
             raise DGPOError(
                 f"{trajectories} holds trajectories made with other settings or data ({', '.join(changed)} "

@@ -109,6 +109,19 @@ def test_a_resume_refuses_rows_that_other_weights_wrote_and_keeps_them(tmp_path)
     assert path.read_text() == written  # nothing appended, nothing lost
 
 
+def test_a_resume_follows_the_weights_not_the_path_of_a_local_checkpoint(tmp_path):
+    path, config = tmp_path / "t.jsonl", EvalConfig(AgentConfig(max_turns=2))
+    rows = evaluate(RECORDS[:2], EvidenceReader(), StoreRetriever(), config, path, made_by={"model": "runs/x/final", "weights_sha256": "aaa"})
+    moved = {"model": "copies/x/final", "weights_sha256": "aaa"}  # the run directory copied elsewhere
+    policy = EvidenceReader()
+    assert evaluate(RECORDS[:2], policy, StoreRetriever(), config, path, made_by=moved) == rows and policy.calls == []
+    assert json.loads(path.with_suffix(".settings.json").read_text())["model"] == "copies/x/final"
+    hub = tmp_path / "hub.jsonl"  # no weights to hash: the spec is all there is
+    evaluate(RECORDS[:1], EvidenceReader(), StoreRetriever(), config, hub, made_by={"model": "org/a", "weights_sha256": None})
+    with pytest.raises(DGPOError, match=r"\(model differ"):
+        evaluate(RECORDS[:1], EvidenceReader(), StoreRetriever(), config, hub, made_by={"model": "org/b", "weights_sha256": None})
+
+
 def test_weights_digest_follows_the_weight_files_only(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"weights v1")
     (tmp_path / "config.json").write_text("{}")
