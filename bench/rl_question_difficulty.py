@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--method", default="dgpo", help="the RL method of the run to look at")
     parser.add_argument("--window", type=int, default=5, help="steps at each end of the run (the must-show's 5)")
     parser.add_argument("--last", type=int, help="read the run as if it had ended at this step (default: its last logged step)")
-    parser.add_argument("--out", type=Path, help="add this run's result to a JSON file, under its path")
+    parser.add_argument("--out", type=Path, help="add this run's result to a JSON file, under its path (PATH@LAST with --last)")
     args = parser.parse_args()
 
     from dgpo_agent.errors import DGPOError
@@ -36,7 +36,7 @@ def main() -> None:
         raise SystemExit(f"error: {err}") from None
     print(json.dumps(row, indent=2))
     if args.out:
-        add_result(args.out, str(args.run), row)
+        add_result(args.out, f"{args.run}@{args.last}" if args.last else str(args.run), row)
 
 
 def compare(run_dir: Path, method: str, window: int, last: int | None = None) -> dict:
