@@ -42,8 +42,8 @@ def main() -> None:
 def compare(run_dir: Path, method: str, window: int, last: int | None = None) -> dict:
     """The run's logged reward and its starting policy's reward on the same rollout draws, per step of
     the first and last ``window`` steps up to step ``last`` (default: the last logged), with each end's
-    mean. A run whose learning rate is constant after its warm-up logs, up to any step, exactly what a
-    run of that many steps logs, so a longer run answers for a shorter one."""
+    mean. With a constant learning rate after a warm-up of the same number of steps, a longer run logs
+    up to any step exactly what a run of that many steps logs, so it answers for the shorter one."""
     from dgpo_agent.errors import DGPOError
     from dgpo_agent.training import stages
     from dgpo_agent.training.callbacks import METRICS, read_log
