@@ -17,6 +17,7 @@ from dgpo_agent.training.distill import (
     DistillConfig,
     DistillTrainer,
     TopK,
+    at_temperature,
     length_chunks,
     loss_terms,
     target_loss_terms,
@@ -168,6 +169,15 @@ def test_forward_kl_and_ce_match_hand_computation(temperature: float) -> None:
     assert terms.tokens.item() == 2
     assert terms.kd.item() == pytest.approx(sum(kls) / 2, rel=1e-6)
     assert terms.ce.item() == pytest.approx(sum(ces) / 2, rel=1e-6)
+
+
+def test_at_temperature_1_the_logits_are_not_copied() -> None:
+    """Every path (KD's student and teacher, the teacher table, RL's policy) scales logits here: at 1
+    the float32 logits come back as they are, since dividing would only write another (N, V) tensor."""
+    logits = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
+    assert at_temperature(logits, 1.0) is logits
+    torch.testing.assert_close(at_temperature(logits, 0.5), logits * 2)
+    assert at_temperature(logits.half(), 1.0).dtype == torch.float32
 
 
 def test_forward_kl_is_zero_when_student_is_teacher() -> None:

@@ -314,12 +314,13 @@ def test_after_the_warm_up_the_learning_rate_stays_or_decays_on_a_cosine(tok, tm
     assert lrs == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0] if kind is None else [0.5, 1.0, 1.0, 0.75, 0.25])
 
 
-@pytest.mark.parametrize("top_p", [0.5, 0.9])
-def test_the_trainers_log_probs_are_those_of_the_distribution_that_sampled(tok, tmp_path, top_p):
-    """PPO's ratio needs π_old to be the sampling distribution: under top-p the trainer's log-probs
-    are those of the truncated, renormalised distribution, as the sampler reported them."""
-    rl = trainer(tok, rl_config(tmp_path, temperature=0.8, top_p=top_p))
-    sampling = SamplingParams(temperature=0.8, top_p=top_p, max_new_tokens=12, seed=3)
+@pytest.mark.parametrize(("temperature", "top_p"), [(0.8, 0.5), (0.8, 0.9), (1.0, 1.0)])
+def test_the_trainers_log_probs_are_those_of_the_distribution_that_sampled(tok, tmp_path, temperature, top_p):
+    """PPO's ratio needs π_old to be the sampling distribution: at the sampling temperature, and under
+    top-p the trainer's log-probs are those of the truncated, renormalised distribution, as the
+    sampler reported them."""
+    rl = trainer(tok, rl_config(tmp_path, temperature=temperature, top_p=top_p))
+    sampling = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=12, seed=3)
     states = run_batch([r["question"] for r in RECORDS], rl.engine, KeywordRetriever(), dataclasses.replace(AGENT, sampling=sampling))
     trajectories = [token_trajectory(s) for s in states]
     batch = pack(trajectories, rl.pad_id)

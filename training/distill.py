@@ -130,11 +130,16 @@ def target_loss_terms(
     return LossTerms(ce, kd, tokens)
 
 
-def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Log-softmax over the last dimension at ``temperature``, in float32; at 1 without the division,
-    which would only write another (N, V) tensor."""
+def at_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits`` in float32 divided by ``temperature``; at 1 without the division, which would only
+    write another (N, V) tensor."""
     logits = logits.float()
-    return F.log_softmax(logits if temperature == 1 else logits / temperature, dim=-1)
+    return logits if temperature == 1 else logits / temperature
+
+
+def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Log-softmax over the last dimension at ``temperature``, in float32."""
+    return F.log_softmax(at_temperature(logits, temperature), dim=-1)
 
 
 def top_k_kl(logp_s: torch.Tensor, teacher: TopK) -> torch.Tensor:

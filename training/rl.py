@@ -376,14 +376,14 @@ class RLTrainer:
         """(N, V) next-token logits for the N model tokens of ``batch`` (row-major order), over the
         shared vocabulary, at the sampling temperature. Only those positions go through the LM head:
         prompt and retrieved text need no logits, and the head dominates a small model's step."""
-        from dgpo_agent.training.distill import head_at
+        from dgpo_agent.training.distill import at_temperature, head_at
 
         batch = batch.trimmed()
         keep = torch.zeros_like(batch.mask, dtype=torch.bool)
         keep[:, :-1] = batch.mask[:, 1:].bool()
         with self.accelerator.autocast(), head_at(keep, model):
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        return logits[:, : self.vocab].float() / self.config.temperature
+        return at_temperature(logits[:, : self.vocab], self.config.temperature)
 
     def _policy_logits(self, model: Any, batch: Batch) -> torch.Tensor:
         """The policy's logits as its rollouts were sampled: at the sampling temperature and cut to the
