@@ -4,7 +4,13 @@ out the policy the run started from on the questions of chosen steps, sampled as
 (the same questions, seeds and temperature, so at step 1 it draws the run's own first rollouts), and
 sets the run's logged reward beside it: the difference is what RL added on those questions.
 
+The logged reward of a late step is drawn by the policy of that step, on questions it has not yet
+trained on. ``--ahead K`` also rolls out the final policy and the starting one on the draws of the K
+steps after the run's last: questions neither has seen, drawn with the same seeds, so the difference
+is RL's lift on new questions at the end of the run, with the questions' difficulty paired away.
+
     python bench/rl_question_difficulty.py --run runs/tiny
+    python bench/rl_question_difficulty.py --run runs/bench-pool/dgpo/seed0 --ahead 8
     python bench/rl_question_difficulty.py --run runs/bench-main/dgpo/seed1 --out bench/results/rl_question_difficulty.json
 """
 
@@ -15,6 +21,7 @@ import json
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from results_file import add_result  # bench/, beside this script
 
@@ -25,13 +32,14 @@ def main() -> None:
     parser.add_argument("--method", default="dgpo", help="the RL method of the run to look at")
     parser.add_argument("--window", type=int, default=5, help="steps at each end of the run (the must-show's 5)")
     parser.add_argument("--last", type=int, help="read the run as if it had ended at this step (default: its last logged step)")
+    parser.add_argument("--ahead", type=int, default=0, help="also the final and starting policies on the draws of this many steps after the run's last")
     parser.add_argument("--out", type=Path, help="add this run's result to a JSON file, under its path (PATH@LAST with --last)")
     args = parser.parse_args()
 
     from dgpo_agent.errors import DGPOError
 
     try:
-        row = compare(args.run, args.method, args.window, args.last)
+        row = compare(args.run, args.method, args.window, args.last, args.ahead)
     except DGPOError as err:
         raise SystemExit(f"error: {err}") from None
     print(json.dumps(row, indent=2))
@@ -39,16 +47,17 @@ def main() -> None:
         add_result(args.out, f"{args.run}@{args.last}" if args.last else str(args.run), row)
 
 
-def compare(run_dir: Path, method: str, window: int, last: int | None = None) -> dict:
+def compare(run_dir: Path, method: str, window: int, last: int | None = None, ahead: int = 0) -> dict:
     """The run's logged reward and its starting policy's reward on the same rollout draws, per step of
     the first and last ``window`` steps up to step ``last`` (default: the last logged), with each end's
     mean. With a constant learning rate after a warm-up of the same number of steps, a longer run logs
-    up to any step exactly what a run of that many steps logs, so it answers for the shorter one."""
+    up to any step exactly what a run of that many steps logs, so it answers for the shorter one.
+    With ``ahead``, also both policies on the ``ahead`` steps after the run's last (the final policy
+    is the run's own, so not with an earlier ``last``)."""
     from dgpo_agent.errors import DGPOError
     from dgpo_agent.training import stages
     from dgpo_agent.training.callbacks import METRICS, read_log
     from dgpo_agent.training.config import PipelineConfig, build
-    from dgpo_agent.training.rl import RLTrainer
     from dgpo_agent.training.run import Run, RunDir
 
     folder = RunDir(run_dir)
@@ -61,18 +70,21 @@ def compare(run_dir: Path, method: str, window: int, last: int | None = None) ->
         last = max(logged)
     elif last not in logged:
         raise DGPOError(f"{run_dir} logged no {method} step {last} (its last is {max(logged)}): pick a logged step with --last")
+    if ahead and last != max(logged):
+        raise DGPOError(f"--ahead compares the run's final policy, trained to step {max(logged)}: drop --last or --ahead")
+    pool, per_step = len(stages.rl_questions(run)), run.cfg.rl.rollout_batch_size
+    if ahead and (last + ahead) * per_step > pool:
+        raise DGPOError(f"the {ahead} steps after step {last} need {(last + ahead) * per_step} questions, and RL's pool has {pool}: past it they come back, so they are not new")
     steps = sorted({*range(1, window + 1), *range(last - window + 1, last + 1)} & logged.keys())
     start = stages.rl_start(run, method)
-    with tempfile.TemporaryDirectory() as scratch:  # the trainer's folder: it never trains or saves here
-        config = run.cfg.rl.for_method(method, output_dir=scratch, max_steps=last, eval_every=0)
-        trainer = RLTrainer(stages.load_model(start), run.student_tokenizer, stages.rl_questions(run), run.store, run.cfg.agent.config(), config)
-        start_reward = {step: trainer.rollouts(step)[2].float().mean().item() for step in steps}
+    later = list(range(last + 1, last + 1 + ahead))
+    start_reward = sampled_reward(run, method, start, steps + later, last)
 
     def ends(values: dict[int, float]) -> dict[str, float]:
         first, final = (statistics.fmean(values[s] for s in chosen) for chosen in (steps[:window], steps[-window:]))
         return {"first": round(first, 4), "last": round(final, 4), "rise": round(final - first, 4)}
 
-    return {
+    row = {
         "start": str(start),
         "steps": steps,
         "logged_reward": {s: logged[s] for s in steps},
@@ -81,6 +93,27 @@ def compare(run_dir: Path, method: str, window: int, last: int | None = None) ->
         "start_policy": ends(start_reward),
         "rl_gain_last": round(statistics.fmean(logged[s] - start_reward[s] for s in steps[-window:]), 4),
     }
+    if later:
+        final_reward = sampled_reward(run, method, folder.rl(method) / "final", later, last)
+        row["ahead"] = {
+            "steps": later,
+            "start_reward": {s: round(start_reward[s], 6) for s in later},
+            "final_reward": {s: round(final_reward[s], 6) for s in later},
+            "rl_gain": round(statistics.fmean(final_reward[s] - start_reward[s] for s in later), 4),
+        }
+    return row
+
+
+def sampled_reward(run: Any, method: str, model_dir: Path, steps: list[int], last: int) -> dict[int, float]:
+    """The mean reward of the model in ``model_dir`` on each step's rollout draws, sampled as the run
+    sampled them: that step's questions, seeds and temperature."""
+    from dgpo_agent.training import stages
+    from dgpo_agent.training.rl import RLTrainer
+
+    with tempfile.TemporaryDirectory() as scratch:  # the trainer's folder: it never trains or saves here
+        config = run.cfg.rl.for_method(method, output_dir=scratch, max_steps=last, eval_every=0)
+        trainer = RLTrainer(stages.load_model(model_dir), run.student_tokenizer, stages.rl_questions(run), run.store, run.cfg.agent.config(), config)
+        return {step: trainer.rollouts(step)[2].float().mean().item() for step in steps}
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """`dgpo-agent train` on the smoke preset: stages run, cache, resume, and report."""
 
 import dataclasses
+import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,8 @@ from dgpo_agent.store import ChromaStore
 from dgpo_agent.training.config import StoreSettings, load_config
 from dgpo_agent.training.pipeline import run_pipeline
 from dgpo_agent.training.run import Run, RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # The from-scratch path at toy scale: the small world, a small tokenizer, a few steps per model.
@@ -247,6 +251,7 @@ def test_smoke_preset_runs_the_default_path_end_to_end(tmp_path):
     assert "| dgpo |" in report and (tmp_path / "run/arc/report.md").is_file()
     assert_files_are_where_run_dir_says(RunDir(tmp_path / "run"), cfg)
     assert_served_against_its_own_collection(RunDir(tmp_path / "run"), "other")
+    assert_rl_lift_replayed_on_new_questions(tmp_path / "run")
 
 
 def assert_files_are_where_run_dir_says(run: RunDir, cfg) -> None:
@@ -277,6 +282,28 @@ def assert_served_against_its_own_collection(run: RunDir, collection: str) -> No
     for agent in (CompactSearchAgent.from_pretrained(final, max_new_tokens=24), _agent(*resolve(str(final), None), max_new_tokens=24)):
         assert agent.retriever.name == collection
         assert agent.retriever.count() > 0 and agent.invoke(question)["steps"]
+
+
+def assert_rl_lift_replayed_on_new_questions(run_dir: Path) -> None:
+    """`bench/rl_question_difficulty.py --ahead` replays a finished run: both policies on the draws of
+    the steps after its last, which it never trained on; it refuses an earlier ``--last`` (the final
+    policy is the last step's) and steps past RL's pool (their questions would come back)."""
+    spec = importlib.util.spec_from_file_location("rl_question_difficulty", ROOT / "bench" / "rl_question_difficulty.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "bench"))  # it imports its neighbour results_file
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    row = module.compare(run_dir, "dgpo", window=1, ahead=1)
+    ahead = row["ahead"]
+    assert row["steps"] == [1, 2] and ahead["steps"] == [3]
+    assert all(0 <= r <= 1 for r in (*ahead["start_reward"].values(), *ahead["final_reward"].values()))
+    assert ahead["rl_gain"] == round(ahead["final_reward"][3] - ahead["start_reward"][3], 4)
+    with pytest.raises(DGPOError, match="drop --last or --ahead"):
+        module.compare(run_dir, "dgpo", window=1, last=1, ahead=1)
+    with pytest.raises(DGPOError, match="come back"):
+        module.compare(run_dir, "dgpo", window=1, ahead=10_000)
 
 
 def test_a_new_optional_setting_keeps_existing_fingerprints_and_a_set_one_changes_them():
