@@ -72,13 +72,13 @@ def compare(run_dir: Path, method: str, window: int, last: int | None = None, ah
         raise DGPOError(f"{run_dir} logged no {method} step {last} (its last is {max(logged)}): pick a logged step with --last")
     if ahead and last != max(logged):
         raise DGPOError(f"--ahead compares the run's final policy, trained to step {max(logged)}: drop --last or --ahead")
-    pool, per_step = len(stages.rl_questions(run)), run.cfg.rl.rollout_batch_size
-    if ahead and (last + ahead) * per_step > pool:
-        raise DGPOError(f"the {ahead} steps after step {last} need {(last + ahead) * per_step} questions, and RL's pool has {pool}: past it they come back, so they are not new")
+    questions, per_step = stages.rl_questions(run), run.cfg.rl.rollout_batch_size
+    if ahead and (last + ahead) * per_step > len(questions):
+        raise DGPOError(f"the {ahead} steps after step {last} need {(last + ahead) * per_step} questions, and RL's pool has {len(questions)}: past it they come back, so they are not new")
     steps = sorted({*range(1, window + 1), *range(last - window + 1, last + 1)} & logged.keys())
     start = stages.rl_start(run, method)
     later = list(range(last + 1, last + 1 + ahead))
-    start_reward = sampled_reward(run, method, start, steps + later, last)
+    start_reward = sampled_reward(run, method, start, questions, steps + later, last)
 
     def ends(values: dict[int, float]) -> dict[str, float]:
         first, final = (statistics.fmean(values[s] for s in chosen) for chosen in (steps[:window], steps[-window:]))
@@ -94,7 +94,7 @@ def compare(run_dir: Path, method: str, window: int, last: int | None = None, ah
         "rl_gain_last": round(statistics.fmean(logged[s] - start_reward[s] for s in steps[-window:]), 4),
     }
     if later:
-        final_reward = sampled_reward(run, method, folder.rl(method) / "final", later, last)
+        final_reward = sampled_reward(run, method, folder.rl(method) / "final", questions, later, last)
         row["ahead"] = {
             "steps": later,
             "start_reward": {s: round(start_reward[s], 6) for s in later},
@@ -104,15 +104,15 @@ def compare(run_dir: Path, method: str, window: int, last: int | None = None, ah
     return row
 
 
-def sampled_reward(run: Any, method: str, model_dir: Path, steps: list[int], last: int) -> dict[int, float]:
+def sampled_reward(run: Any, method: str, model_dir: Path, questions: list[dict], steps: list[int], last: int) -> dict[int, float]:
     """The mean reward of the model in ``model_dir`` on each step's rollout draws, sampled as the run
-    sampled them: that step's questions, seeds and temperature."""
+    sampled them: that step's questions (from RL's pool, ``questions``), seeds and temperature."""
     from dgpo_agent.training import stages
     from dgpo_agent.training.rl import RLTrainer
 
     with tempfile.TemporaryDirectory() as scratch:  # the trainer's folder: it never trains or saves here
         config = run.cfg.rl.for_method(method, output_dir=scratch, max_steps=last, eval_every=0)
-        trainer = RLTrainer(stages.load_model(model_dir), run.student_tokenizer, stages.rl_questions(run), run.store, run.cfg.agent.config(), config)
+        trainer = RLTrainer(stages.load_model(model_dir), run.student_tokenizer, questions, run.store, run.cfg.agent.config(), config)
         return {step: trainer.rollouts(step)[2].float().mean().item() for step in steps}
 
 
