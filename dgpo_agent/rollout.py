@@ -9,11 +9,10 @@ functions and merge updates the same way, a greedy model gives identical traject
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
-from dgpo_agent.backends.base import Completion, Context, Policy, SamplingParams
+from dgpo_agent.backends.base import Completion, Context, Policy, SamplingParams, derived_seed
 from dgpo_agent.errors import DGPOError
 from dgpo_agent.protocol import ChatFormat, correction, information, parse_action
 from dgpo_agent.state import AgentState, Doc, Segment, Step, merge
@@ -76,8 +75,7 @@ def turn_sampling(sampling: SamplingParams, turn: int) -> SamplingParams:
     turn 2 would replay turn 1's draws) while the whole trajectory stays repeatable."""
     if sampling.seed is None:
         return sampling
-    digest = hashlib.blake2b(f"{sampling.seed}:{turn}".encode(), digest_size=8).digest()
-    return dataclasses.replace(sampling, seed=int.from_bytes(digest, "big") >> 1)
+    return dataclasses.replace(sampling, seed=derived_seed(sampling.seed, turn))
 
 
 def after_generation(state: AgentState, completion: Completion, config: AgentConfig) -> dict:

@@ -63,3 +63,22 @@ def tok():
     from tests.models import tiny_tokenizer
 
     return tiny_tokenizer()
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """``tests.fake_vllm`` installed as ``vllm``; the rendezvous variables a colocated engine sets for
+    a self-launched process are put back afterwards, so no later test inherits them."""
+    import sys
+
+    from tests import fake_vllm
+
+    saved = {name: os.environ.get(name) for name in fake_vllm.RENDEZVOUS}
+    fake_vllm.LLM.built.clear()
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm.module())
+    yield fake_vllm
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

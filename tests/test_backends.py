@@ -16,6 +16,7 @@ import torch
 
 from dgpo_agent import protocol
 from dgpo_agent.backends import Context, Policy, SamplingParams, context_ids, load_policy
+from dgpo_agent.backends.base import RolloutEngine
 from dgpo_agent.backends.openai_server import OpenAICompletionsPolicy
 from dgpo_agent.backends.transformers import TransformersPolicy, continued_rows, kept_length
 from dgpo_agent.backends.vllm_engine import VLLMPolicy, sampling_kwargs
@@ -480,6 +481,65 @@ def test_missing_vllm_is_a_clean_error(no_vllm):
         VLLMPolicy("some/model")
     with pytest.raises(DGPOError, match="vLLM is not installed"):
         load_policy("some/model", backend="vllm")
+
+
+@pytest.fixture
+def vllm_checkpoint(policy, tmp_path):
+    policy.model.save_pretrained(tmp_path)
+    policy.tokenizer.save_pretrained(tmp_path)
+    return str(tmp_path)
+
+
+def test_vllm_rows_of_one_call_draw_their_own_samples(fake_vllm, vllm_checkpoint, policy):
+    """vLLM seeds each request on its own: one seed for a whole call would give the rollouts of one
+    question the same sample. Each row gets its own seed, derived from the call's, so the call stays
+    repeatable; greedy rows stay identical."""
+    engine = VLLMPolicy(vllm_checkpoint)
+    question = [Context("q", [engine.prompt("Who wrote Moby Dick")])] * 3
+    sampled = SamplingParams(temperature=1.0, max_new_tokens=16, stop=(), seed=7)
+    first = [c.token_ids for c in engine.generate(question, sampled)]
+    assert len({tuple(ids) for ids in first}) == 3
+    assert [c.token_ids for c in engine.generate(question, sampled)] == first
+    seeds = [r.seed for r in fake_vllm.LLM.built[0].requests[0]]
+    assert len(set(seeds)) == 3 and 7 not in seeds
+    assert len({tuple(c.token_ids) for c in engine.generate(question, GREEDY)}) == 1
+    assert engine.generate(question, GREEDY)[0].token_ids == policy.generate(question, GREEDY)[0].token_ids
+
+
+def test_vllm_engine_takes_trained_weights_in_place(fake_vllm, vllm_checkpoint):
+    """As a RolloutEngine it starts at version 0 (the trainer syncs before the first rollout); a sync
+    copies the trained model's parameters into vLLM's model under their Hugging Face names and drops
+    the prefix cache built from the old weights."""
+    engine = VLLMPolicy(vllm_checkpoint)
+    assert isinstance(engine, RolloutEngine) and engine.weights_version == 0
+    trained = tiny_qwen2(tiny_tokenizer(), seed=3)
+    engine.load_weights(trained, 4)
+    llm = fake_vllm.LLM.built[0]
+    held = dict(llm.model.model.named_parameters())
+    assert all(torch.equal(held[name], p) for name, p in trained.named_parameters())
+    assert (engine.weights_version, llm.prefix_resets) == (4, 1)
+    context = [Context("q", [engine.prompt("capital of France")])]
+    assert engine.generate(context, GREEDY)[0].token_ids == TransformersPolicy(trained, engine.tokenizer).generate(context, GREEDY)[0].token_ids
+
+
+def test_a_colocated_vllm_engine_runs_in_the_trainers_process(fake_vllm, vllm_checkpoint, monkeypatch):
+    """``external_launcher`` keeps vLLM's executor in this process, placed by the launcher's variables,
+    which a plain ``python`` run gets here; the trainer's tokenizer encodes the environment's text."""
+    for name in fake_vllm.RENDEZVOUS:
+        monkeypatch.delenv(name, raising=False)
+    own = tiny_tokenizer()
+    engine = VLLMPolicy.colocated(vllm_checkpoint, rank=0, local_rank=0, world_size=1, gpu_memory_utilization=0.25, tokenizer=own)
+    llm = fake_vllm.LLM.built[0]
+    assert llm.engine_kwargs == {
+        "distributed_executor_backend": "external_launcher",
+        "gpu_memory_utilization": 0.25,
+        "logprobs_mode": "processed_logprobs",
+    }
+    assert llm.rendezvous["RANK"] == "0" and llm.rendezvous["WORLD_SIZE"] == "1" and int(llm.rendezvous["MASTER_PORT"]) > 0
+    assert engine.tokenizer is own and engine.window() == llm.llm_engine.model_config.max_model_len
+    monkeypatch.setenv("RANK", "3")  # a launcher's own variables are kept
+    VLLMPolicy.colocated(vllm_checkpoint, rank=0, local_rank=0, world_size=1, gpu_memory_utilization=0.25)
+    assert fake_vllm.LLM.built[1].rendezvous["RANK"] == "3"
 
 
 def test_load_policy_dispatch(policy, server, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -113,6 +114,10 @@ def test_config_rejects_bad_settings():
         RLConfig(algorithm="gkd", kl_on="none")
     with pytest.raises(DGPOError, match="top_p"):
         RLConfig(top_p=0.0)
+    with pytest.raises(DGPOError, match="rollout_engine must be one of transformers, vllm"):
+        RLConfig(rollout_engine="sglang")
+    with pytest.raises(DGPOError, match=r"vllm_gpu_memory_utilization must be in \(0, 1\): training shares the GPU"):
+        RLConfig(vllm_gpu_memory_utilization=1.0)
 
 
 def test_gkd_needs_a_teacher(tok, tmp_path):
@@ -384,6 +389,40 @@ def test_an_engine_with_its_own_weights_is_synced_once_per_update_before_it_roll
     assert any(not torch.equal(p, trained[n]) for n, p in engine.model.named_parameters())
     rl._sync_engine()
     assert all(torch.equal(p, trained[n]) for n, p in engine.model.named_parameters())
+
+
+def test_rl_rolls_out_through_a_vllm_engine_given_the_weights_of_each_update(fake_vllm, tok, tmp_path):
+    """A colocated vLLM engine (the stand-in of ``tests.fake_vllm``) loads the policy's checkpoint, is
+    handed the trainer's weights before the first rollout and after each update, and the rollouts of
+    one question are each seeded on their own."""
+    from transformers import AutoModelForCausalLM
+
+    from dgpo_agent.backends.vllm_engine import VLLMPolicy
+
+    checkpoint = tmp_path / "student"
+    tiny_qwen2(tok).save_pretrained(checkpoint)
+    tok.save_pretrained(checkpoint)
+    student = AutoModelForCausalLM.from_pretrained(checkpoint)
+    engine = VLLMPolicy.colocated(str(checkpoint), rank=0, local_rank=0, world_size=1, gpu_memory_utilization=0.3, tokenizer=tok)
+    config = rl_config(tmp_path / "rl", group_size=2, temperature=1.0)
+    rl = RLTrainer(student, tok, RECORDS, KeywordRetriever(), AGENT, config, teacher=tiny_qwen2(tok, seed=1, hidden=96), engine=engine)
+    rl.train()
+    llm = fake_vllm.LLM.built[0]
+    assert (engine.weights_version, llm.prefix_resets) == (2, 2) and rl.weights_version == 3
+    assert all(len({r.seed for r in call}) == len(call) > 1 for call in llm.requests)
+    rl._sync_engine()
+    held = dict(llm.model.model.named_parameters())
+    assert all(torch.equal(held[name], p) for name, p in rl.model.named_parameters())
+
+
+def test_a_vllm_rollout_engine_is_refused_without_vllm_or_off_a_gpu(tok, tmp_path, monkeypatch, fake_vllm):
+    with pytest.raises(DGPOError, match="rollout_engine vllm generates on a CUDA GPU and this run is on cpu: use rollout_engine transformers"):
+        trainer(tok, rl_config(tmp_path, rollout_engine="vllm"))
+    monkeypatch.delitem(sys.modules, "vllm")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(DGPOError, match=r"vLLM is not installed: pip install 'dgpo-agent\[vllm\]'"):
+        rl_config(tmp_path, rollout_engine="vllm")
 
 
 def test_a_rollout_engine_must_take_weights(tok, tmp_path):

@@ -57,7 +57,10 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 # Settings that may change between a run and its resumption without changing what it computes.
-RESUMABLE_CHANGES = ("max_steps", "save_every", "eval_every", "save_total_limit", "output_dir", "stall_kl", "stall_steps", "shift_rollouts", "report_to")
+RESUMABLE_CHANGES = (
+    "max_steps", "save_every", "eval_every", "save_total_limit", "output_dir", "stall_kl", "stall_steps", "shift_rollouts", "report_to",
+    "rollout_engine", "vllm_gpu_memory_utilization",
+)
 
 
 # ----------------------------------------------------------------------------------- rollout statistics
@@ -171,7 +174,8 @@ class RLTrainer:
     its KL is still measured and logged on wrong rollouts. ``critic`` defaults to ``value_model(policy)``
     for PPO. All models stay in eval mode: dropout off, as TRL's ``disable_dropout`` does for RL.
     ``evaluate`` (the policy model → metrics) runs on the main process every ``eval_every`` steps and
-    at the end; its metrics join that step's log with a ``dev_`` prefix (the EM curve).
+    at the end; its metrics join that step's log with a ``dev_`` prefix (the EM curve). ``engine`` (a
+    ``RolloutEngine``) generates the rollouts; by default the one ``rollout_engine`` names.
     """
 
     def __init__(
@@ -191,7 +195,7 @@ class RLTrainer:
         from accelerate.utils import set_seed
 
         from dgpo_agent.backends.base import RolloutEngine
-        from dgpo_agent.backends.transformers import TransformersPolicy, pad_id
+        from dgpo_agent.backends.transformers import pad_id
         from dgpo_agent.training.distill import check_vocab
 
         if not records:
@@ -233,7 +237,7 @@ class RLTrainer:
         acc.register_for_checkpointing(*self.schedulers)
         # Placed, not prepared: a prepared model would be saved in every checkpoint, and the teacher is frozen.
         self.teacher = teacher.eval().to(acc.device) if teacher is not None else None
-        self.engine = engine if engine is not None else TransformersPolicy(acc.unwrap_model(self.model), tokenizer)
+        self.engine = engine if engine is not None else self._own_engine(tokenizer)
         if not isinstance(self.engine, RolloutEngine):
             raise DGPOError(f"cannot roll out with a {type(self.engine).__name__}: pass a RolloutEngine (weights_version, load_weights)")
         self.weights_version = 1  # the weights as handed in; an engine that holds another version is synced first
@@ -244,6 +248,32 @@ class RLTrainer:
         self.still = 0  # consecutive steps whose update left the policy where it was
         self.level = 0  # consecutive steps whose rollouts all scored the same
         self._order: tuple[int, list[int]] = (-1, [])
+
+    def _own_engine(self, tokenizer: Any) -> Any:
+        """The engine ``rollout_engine`` names: the transformers backend over the trained model itself
+        (nothing to sync), or a vLLM engine in this process on its GPU, loaded from the policy's
+        checkpoint and handed the trained weights before the first rollout."""
+        acc, policy = self.accelerator, self.accelerator.unwrap_model(self.model)
+        if self.config.rollout_engine == "transformers":
+            from dgpo_agent.backends.transformers import TransformersPolicy
+
+            return TransformersPolicy(policy, tokenizer)
+        from dgpo_agent.backends.vllm_engine import VLLMPolicy
+
+        if acc.device.type != "cuda":
+            raise DGPOError(f"rollout_engine vllm generates on a CUDA GPU and this run is on {acc.device.type}: use rollout_engine transformers")
+        if acc.distributed_type.value in ("FSDP", "DEEPSPEED"):
+            raise DGPOError(f"rollout_engine vllm copies whole parameters and {acc.distributed_type.value} shards them: launch with DDP or use rollout_engine transformers")
+        if not policy.name_or_path:
+            raise DGPOError("rollout_engine vllm loads the policy from its checkpoint: pass a model loaded with from_pretrained")
+        return VLLMPolicy.colocated(
+            policy.name_or_path,
+            rank=acc.process_index,
+            local_rank=acc.local_process_index,
+            world_size=acc.num_processes,
+            gpu_memory_utilization=self.config.vllm_gpu_memory_utilization,
+            tokenizer=tokenizer,
+        )
 
     # ------------------------------------------------------------------------------ data order
 

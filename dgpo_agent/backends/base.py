@@ -3,6 +3,7 @@ and the scripted oracle. The graph, the batched runner and training only ever ta
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
@@ -40,6 +41,13 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+
+def derived_seed(seed: int, part: object) -> int:
+    """A seed for one part (a turn, a row) of what ``seed`` seeds: distinct parts draw independent
+    streams, and the same part always the same one."""
+    digest = hashlib.blake2b(f"{seed}:{part}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 @dataclass
