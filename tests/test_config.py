@@ -134,6 +134,9 @@ def test_no_bad_config_touches_an_existing_run(existing_run, tmp_path_factory, d
         ({"rl": {"method": "ppo", "kl_on": "all"}}, "rl.kl_on: all is not how ppo trains (it takes kl_on none)"),
         ({"rl": {"method": "gkd", "algorithm": "ppo"}}, "rl.algorithm: ppo is not how gkd trains (it takes algorithm gkd)"),
         ({"rl": {"baselines": ["grpo"], "group_size": 1}}, "grpo needs group_size >= 2"),
+        # A rollout engine this machine cannot run.
+        ({"rl": {"rollout_engine": "vllm"}}, "vLLM is not installed: pip install 'dgpo-agent[vllm]' (needs a CUDA GPU)"),
+        ({"rl": {"vllm_gpu_memory_utilization": 1.0}}, "vllm_gpu_memory_utilization must be in (0, 1): training shares the GPU"),
     ],
 )
 def test_a_bad_setting_is_named_with_the_fix(doc, message):

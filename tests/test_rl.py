@@ -416,8 +416,15 @@ def test_rl_rolls_out_through_a_vllm_engine_given_the_weights_of_each_update(fak
 
 
 def test_a_vllm_rollout_engine_is_refused_without_vllm_or_off_a_gpu(tok, tmp_path, monkeypatch, fake_vllm):
+    """Refused by the settings, before any stage runs, where torch sees no GPU or vLLM is missing; and
+    by the trainer when its accelerator placed it elsewhere (``ACCELERATE_USE_CPU`` on a GPU machine)."""
+    with pytest.raises(DGPOError, match="rollout_engine vllm generates on a CUDA GPU and torch sees none: use rollout_engine transformers"):
+        rl_config(tmp_path, rollout_engine="vllm")
+    with monkeypatch.context() as gpu:
+        gpu.setattr(torch.cuda, "is_available", lambda: True)
+        config = rl_config(tmp_path, rollout_engine="vllm")
     with pytest.raises(DGPOError, match="rollout_engine vllm generates on a CUDA GPU and this run is on cpu: use rollout_engine transformers"):
-        trainer(tok, rl_config(tmp_path, rollout_engine="vllm"))
+        trainer(tok, config)
     monkeypatch.delitem(sys.modules, "vllm")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))

@@ -130,9 +130,7 @@ class RLConfig:
             at_least("save_total_limit", self.save_total_limit, 1)
         trackers("report_to", self.report_to or [])
         if self.rollout_engine == "vllm":
-            from dgpo_agent.backends.vllm_engine import require_vllm
-
-            require_vllm()
+            check_vllm_engine()
         if self.algorithm == "grpo" and self.group_size < 2:
             raise DGPOError(f"grpo needs group_size >= 2 to form a baseline (got {self.group_size})")
         if self.algorithm == "gkd" and (self.kl_on == "none" or self.beta == 0):
@@ -176,6 +174,18 @@ def method_settings(method: str, chosen: dict[str, str | None] | None = None) ->
             )
         settings[name] = allowed[0] if value is None else value
     return settings
+
+
+def check_vllm_engine() -> None:
+    """Refuse ``rollout_engine: vllm`` before anything runs where it cannot: without the extra, or
+    where torch sees no CUDA GPU (the check imports torch, as only this engine's users pay for)."""
+    from dgpo_agent.backends.vllm_engine import require_vllm
+
+    require_vllm()
+    import torch
+
+    if not torch.cuda.is_available():
+        raise DGPOError("rollout_engine vllm generates on a CUDA GPU and torch sees none: use rollout_engine transformers")
 
 
 def check_method(method: str) -> None:
