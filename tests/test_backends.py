@@ -19,7 +19,7 @@ from dgpo_agent.backends import Context, Policy, SamplingParams, context_ids, lo
 from dgpo_agent.backends.base import RolloutEngine
 from dgpo_agent.backends.openai_server import OpenAICompletionsPolicy
 from dgpo_agent.backends.transformers import TransformersPolicy, continued_rows, kept_length
-from dgpo_agent.backends.vllm_engine import VLLMPolicy, sampling_kwargs
+from dgpo_agent.backends.vllm_engine import COLOCATED_GPU_SHARE, VLLMPolicy, sampling_kwargs
 from dgpo_agent.errors import DGPOError
 from tests.models import tiny_qwen2, tiny_tokenizer
 
@@ -538,8 +538,9 @@ def test_a_colocated_vllm_engine_runs_in_the_trainers_process(fake_vllm, vllm_ch
     assert llm.rendezvous["RANK"] == "0" and llm.rendezvous["WORLD_SIZE"] == "1" and int(llm.rendezvous["MASTER_PORT"]) > 0
     assert engine.tokenizer is own and engine.window() == llm.llm_engine.model_config.max_model_len
     monkeypatch.setenv("RANK", "3")  # a launcher's own variables are kept
-    VLLMPolicy.colocated(vllm_checkpoint, rank=0, local_rank=0, world_size=1, gpu_memory_utilization=0.25)
+    VLLMPolicy.colocated(vllm_checkpoint, rank=0, local_rank=0, world_size=1)
     assert fake_vllm.LLM.built[1].rendezvous["RANK"] == "3"
+    assert fake_vllm.LLM.built[1].engine_kwargs["gpu_memory_utilization"] == COLOCATED_GPU_SHARE
 
 
 def test_load_policy_dispatch(policy, server, tmp_path):

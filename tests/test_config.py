@@ -145,6 +145,15 @@ def test_a_bad_setting_is_named_with_the_fix(doc, message):
     assert str(err.value).startswith(message)
 
 
+def test_the_rollout_engine_settings_leave_existing_runs_fingerprints_alone():
+    """Left unset they are not hashed, so a finished run does not re-run its RL stage on upgrading;
+    chosen, the engine re-runs it (its rollouts draw other samples)."""
+    plain = load_config("tiny")
+    assert not {"rollout_engine", "vllm_gpu_memory_utilization"} & set(plain.settings("rl")["rl"])
+    chosen = load_config("tiny", overrides={"rl": {"rollout_engine": "transformers"}})
+    assert chosen.rl.rollout_engine == "transformers" and chosen.fingerprint("rl") != plain.fingerprint("rl")
+
+
 def test_every_stage_runs_the_agent_the_config_names():
     """One place builds the agent's config: a chat format set in ``agent`` reaches rollouts and
     evaluation alike, and leaving it unset keeps Search-R1's and every existing run's fingerprint."""

@@ -114,7 +114,7 @@ def test_config_rejects_bad_settings():
         RLConfig(algorithm="gkd", kl_on="none")
     with pytest.raises(DGPOError, match="top_p"):
         RLConfig(top_p=0.0)
-    with pytest.raises(DGPOError, match="rollout_engine must be one of transformers, vllm"):
+    with pytest.raises(DGPOError, match="rollout_engine must be one of None, transformers, vllm"):
         RLConfig(rollout_engine="sglang")
     with pytest.raises(DGPOError, match=r"vllm_gpu_memory_utilization must be in \(0, 1\): training shares the GPU"):
         RLConfig(vllm_gpu_memory_utilization=1.0)

@@ -254,7 +254,7 @@ class RLTrainer:
         (nothing to sync), or a vLLM engine in this process on its GPU, loaded from the policy's
         checkpoint and handed the trained weights before the first rollout."""
         acc, policy = self.accelerator, self.accelerator.unwrap_model(self.model)
-        if self.config.rollout_engine == "transformers":
+        if self.config.rollout_engine != "vllm":
             from dgpo_agent.backends.transformers import TransformersPolicy
 
             return TransformersPolicy(policy, tokenizer)

@@ -96,11 +96,14 @@ class RLConfig:
     max_new_tokens: int = field(default=500, metadata={"help": "token budget of one rollout turn"})
     top_p: float = field(default=1.0, metadata={"help": "rollout nucleus (log-probs use the same truncated distribution)"})
     precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={"help": "bf16: autocast forwards on float32 master weights (GPU)"})
-    rollout_engine: Literal["transformers", "vllm"] = field(
-        default="transformers",
-        metadata={"help": "what generates the rollouts: the trained model itself through transformers, or a vLLM engine beside it on its GPU that gets the trained weights after each update (the vllm extra; not yet run on a GPU)"},
+    rollout_engine: Literal["transformers", "vllm"] | None = field(
+        default=None,
+        metadata={"help": "what generates the rollouts: the trained model itself through transformers (None, the default), or a vLLM engine beside it on its GPU that gets the trained weights after each update (the vllm extra; not yet run on a GPU)"},
     )
-    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "rollout_engine vllm: the share of the GPU's memory the engine takes (its weights and KV cache); training needs the rest"})
+    vllm_gpu_memory_utilization: float | None = field(
+        default=None,
+        metadata={"help": "rollout_engine vllm: the share of the GPU's memory the engine takes, its weights and KV cache (None: VLLMPolicy.colocated's default); training needs the rest"},
+    )
     shift_rollouts: int = field(default=32, metadata={"help": "rollouts the post-update approx-KL is measured on (0: all)"})
     stall_kl: float = field(default=1e-4, metadata={"help": "approx-KL below which a step counts as not moving the policy"})
     stall_steps: int = field(default=5, metadata={"help": "consecutive such steps before the log says the policy is not moving, or, without the teacher, consecutive steps whose rollouts all scored the same before it says the reward has nothing to learn from (0: never)"})
@@ -110,7 +113,7 @@ class RLConfig:
         choices = {
             "algorithm": ("ppo", "grpo", "gkd"), "guidance": ("reward", "advantage", "loss"), "precision": ("fp32", "bf16"),
             "kl_on": ("wrong", "all", "none"), "kl_estimator": ("k1", "k3", "full", "forward"),
-            "lr_scheduler_type": (None, "constant", "cosine"), "rollout_engine": ("transformers", "vllm"),
+            "lr_scheduler_type": (None, "constant", "cosine"), "rollout_engine": (None, "transformers", "vllm"),
         }
         for name, allowed in choices.items():
             one_of(name, getattr(self, name), allowed)
@@ -124,7 +127,7 @@ class RLConfig:
             fraction(name, getattr(self, name))
         if not 0 < self.top_p <= 1:
             raise DGPOError(f"top_p must be in (0, 1] (got {self.top_p})")
-        if not 0 < self.vllm_gpu_memory_utilization < 1:
+        if self.vllm_gpu_memory_utilization is not None and not 0 < self.vllm_gpu_memory_utilization < 1:
             raise DGPOError(f"vllm_gpu_memory_utilization must be in (0, 1): training shares the GPU (got {self.vllm_gpu_memory_utilization})")
         if self.save_total_limit is not None:
             at_least("save_total_limit", self.save_total_limit, 1)

@@ -56,6 +56,11 @@ def require_vllm() -> None:
         raise DGPOError("vLLM is not installed: pip install 'dgpo-agent[vllm]' (needs a CUDA GPU)")
 
 
+# The share of the GPU's memory a colocated engine takes by default (TRL's colocate default): the
+# trainer's weights, gradients, optimizer state and activations need the rest.
+COLOCATED_GPU_SHARE = 0.3
+
+
 class VLLMPolicy(TokenPolicy):
     """A ``vllm.LLM`` engine. ``engine_kwargs`` go to ``vllm.LLM`` (dtype, gpu_memory_utilization, ...).
 
@@ -81,7 +86,7 @@ class VLLMPolicy(TokenPolicy):
         rank: int,
         local_rank: int,
         world_size: int,
-        gpu_memory_utilization: float,
+        gpu_memory_utilization: float | None = None,
         tokenizer: Any | None = None,
         **engine_kwargs: Any,
     ) -> VLLMPolicy:
@@ -97,7 +102,8 @@ class VLLMPolicy(TokenPolicy):
             os.environ.setdefault(name, str(value))
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        policy = cls(model, distributed_executor_backend="external_launcher", gpu_memory_utilization=gpu_memory_utilization, **engine_kwargs)
+        share = COLOCATED_GPU_SHARE if gpu_memory_utilization is None else gpu_memory_utilization
+        policy = cls(model, distributed_executor_backend="external_launcher", gpu_memory_utilization=share, **engine_kwargs)
         if tokenizer is not None:
             policy.tokenizer = tokenizer
         return policy
