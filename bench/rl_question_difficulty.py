@@ -72,7 +72,7 @@ def compare(run_dir: Path, method: str, window: int, last: int | None = None, ah
         raise DGPOError(f"{run_dir} logged no {method} step {last} (its last is {max(logged)}): pick a logged step with --last")
     if ahead and last != max(logged):
         raise DGPOError(f"--ahead compares the run's final policy, trained to step {max(logged)}: drop --last or --ahead")
-    questions, per_step = stages.rl_questions(run), run.cfg.rl.rollout_batch_size
+    questions, per_step = stages.rl_questions(run), run.cfg.rl.prompts_per_step
     if ahead and (last + ahead) * per_step > len(questions):
         raise DGPOError(f"the {ahead} steps after step {last} need {(last + ahead) * per_step} questions, and RL's pool has {len(questions)}: past it they come back, so they are not new")
     steps = sorted({*range(1, window + 1), *range(last - window + 1, last + 1)} & logged.keys())

@@ -137,6 +137,7 @@ def test_no_bad_config_touches_an_existing_run(existing_run, tmp_path_factory, d
         # A rollout engine this machine cannot run.
         ({"rl": {"rollout_engine": "vllm"}}, "vLLM is not installed: pip install 'dgpo-agent[vllm]' (needs a CUDA GPU)"),
         ({"rl": {"vllm_gpu_memory_utilization": 1.0}}, "vllm_gpu_memory_utilization must be in (0, 1): training shares the GPU"),
+        ({"rl": {"candidate_prompts": 32}}, "candidate_prompts (32) must be at least rollout_batch_size (64)"),
     ],
 )
 def test_a_bad_setting_is_named_with_the_fix(doc, message):
@@ -145,13 +146,14 @@ def test_a_bad_setting_is_named_with_the_fix(doc, message):
     assert str(err.value).startswith(message)
 
 
-def test_the_rollout_engine_settings_leave_existing_runs_fingerprints_alone():
+@pytest.mark.parametrize("setting, value", [("rollout_engine", "transformers"), ("candidate_prompts", 128)])
+def test_the_later_rl_settings_leave_existing_runs_fingerprints_alone(setting, value):
     """Left unset they are not hashed, so a finished run does not re-run its RL stage on upgrading;
-    chosen, the engine re-runs it (its rollouts draw other samples)."""
+    chosen, each re-runs it (the engine draws other samples; candidates train on other questions)."""
     plain = load_config("tiny")
-    assert not {"rollout_engine", "vllm_gpu_memory_utilization"} & set(plain.settings("rl")["rl"])
-    chosen = load_config("tiny", overrides={"rl": {"rollout_engine": "transformers"}})
-    assert chosen.rl.rollout_engine == "transformers" and chosen.fingerprint("rl") != plain.fingerprint("rl")
+    assert not {"rollout_engine", "vllm_gpu_memory_utilization", "candidate_prompts"} & set(plain.settings("rl")["rl"])
+    chosen = load_config("tiny", overrides={"rl": {setting: value}})
+    assert getattr(chosen.rl, setting) == value and chosen.fingerprint("rl") != plain.fingerprint("rl")
 
 
 def test_every_stage_runs_the_agent_the_config_names():

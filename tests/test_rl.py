@@ -144,6 +144,27 @@ def test_selective_kl_penalises_only_wrong_rollouts(tok, tmp_path):
     assert last["wrong_frac"] == last["penalised_frac"] == 1.0
 
 
+def test_candidate_prompts_train_on_the_groups_with_most_to_learn_and_log_every_rollout(tok, tmp_path):
+    """Dynamic sampling: all three questions are rolled out, the update trains on the one whose two
+    rollouts disagree, and the logged rollout metrics cover all six rollouts."""
+    rl = trainer(tok, rl_config(tmp_path, max_steps=1, rollout_batch_size=1, group_size=2, candidate_prompts=3))
+    rolled, trained = [], []
+    rollouts, score = rl.rollouts, rl._score
+
+    def scripted_scores(step):  # solved, disagreeing, all wrong
+        records, states, _ = rollouts(step)
+        rolled.extend(token_trajectory(s) for s in states)
+        return records, states, torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+
+    rl.rollouts = scripted_scores
+    rl._score = lambda batch, scores: trained.append((batch, scores)) or score(batch, scores)
+    logged = rl.train()
+    (batch, scores), = trained
+    assert scores.tolist() == [1.0, 0.0] and torch.equal(batch.input_ids, pack(rolled[2:4], rl.pad_id).input_ids)
+    assert logged["trained_reward"] == 0.5 and logged["data_position"] == 3
+    assert logged["response_length"] == pytest.approx(sum(sum(t.loss_mask) for t in rolled) / 6, abs=1e-5)
+
+
 @pytest.mark.parametrize("kl_on, estimator, teacher_rows", [("wrong", "k1", [1, 3]), ("none", "k3", [1, 3]), ("all", "k1", [0, 1, 2, 3]), ("wrong", "full", [1, 3]), ("all", "forward", [0, 1, 2, 3])])
 def test_the_teacher_runs_only_on_the_rollouts_whose_kl_is_used(tok, tmp_path, kl_on, estimator, teacher_rows):
     """Correct rollouts get no KL, so the teacher's forward pass skips them (all rollouts under kl_on: all)."""

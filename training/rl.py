@@ -283,11 +283,11 @@ class RLTrainer:
 
     def data_position(self, step: int) -> int:
         """Global index of the first prompt of ``step`` in the epoch-by-epoch shuffled stream."""
-        return (step - 1) * self.config.rollout_batch_size * self.accelerator.num_processes
+        return (step - 1) * self.config.prompts_per_step * self.accelerator.num_processes
 
     def step_records(self, step: int) -> list[dict]:
         """This process's prompts for ``step``, each repeated ``group_size`` times in a row."""
-        per = self.config.rollout_batch_size
+        per = self.config.prompts_per_step
         start = self.data_position(step) + self.accelerator.process_index * per
         picked = []
         for i in range(start, start + per):
@@ -311,9 +311,12 @@ class RLTrainer:
         started = time.perf_counter()
         sync_s = self._sync_engine()
         started_rollouts = time.perf_counter()
-        records, states, scores = self.rollouts(step)
+        records, states, all_scores = self.rollouts(step)
         rollout_s = time.perf_counter() - started_rollouts
-        batch = pack([token_trajectory(s) for s in states], self.pad_id, acc.device)
+        trajectories = [token_trajectory(s) for s in states]
+        kept = self._trained_rows(all_scores, step)
+        scores = all_scores[kept]
+        batch = pack([trajectories[i] for i in kept.tolist()], self.pad_id, acc.device)
         with torch.no_grad():
             scored = self._score(batch, scores)
         advantages, returns, penalised = self._advantages(batch, scores, scored)
@@ -328,12 +331,15 @@ class RLTrainer:
         counts = rollout_counts(states, records)
         counts.update(
             rollouts=float(len(states)),
-            tokens=batch.mask.sum().item(),
+            tokens=float(sum(sum(t.loss_mask) for t in trajectories)),
+            wrong=(all_scores < cfg.reward_threshold).sum().item(),
+            score_sum=all_scores.sum().item(),
+            score_sq=(all_scores.float() ** 2).sum().item(),
+            trained=float(len(kept)),
+            trained_tokens=batch.mask.sum().item(),
+            trained_score=scores.sum().item(),
             entropy=(scored.entropy * batch.mask).sum().item(),
             penalised=penalised.sum().item(),
-            wrong=wrong.sum().item(),
-            score_sum=scores.sum().item(),
-            score_sq=(scores.float() ** 2).sum().item(),
         )
         counts.update(zip(("shift", "shift_tokens"), self._policy_shift(batch, scored.logp, step)))
         if scored.kl is not None:
@@ -341,6 +347,15 @@ class RLTrainer:
             counts.update(kl_wrong=(scored.kl * wrong_tokens).sum().item(), wrong_tokens=wrong_tokens.sum().item())
         totals = self._sum_over_processes(counts | losses)
         return self._metrics(step, totals, lr, (sync_s, rollout_s, scored.teacher_s, time.perf_counter() - started))
+
+    def _trained_rows(self, scores: torch.Tensor, step: int) -> torch.Tensor:
+        """The rollouts the update trains on: all of them, or under ``candidate_prompts`` the
+        ``rollout_batch_size`` groups with the most to learn from (``rl_objective.informative_groups``)."""
+        cfg = self.config
+        if cfg.prompts_per_step == cfg.rollout_batch_size:
+            return torch.arange(scores.numel(), device=scores.device)
+        generator = torch.Generator().manual_seed(self._seed(step, 3))
+        return obj.informative_groups(scores, cfg.group_size, cfg.rollout_batch_size, cfg.reward_threshold, generator)
 
     def rollouts(self, step: int) -> tuple[list[dict], list[AgentState], torch.Tensor]:
         """Step ``step``'s prompts, the engine's rollouts of them (sampled with the step's own seed, so a
@@ -376,9 +391,10 @@ class RLTrainer:
             **{name: ratio(t[f"{key}_sum"], t[f"{key}_n"]) for key, name in ROLLOUT_METRICS.items()},
             "reward_std": round(math.sqrt(max(ratio(t["score_sq"], n) - ratio(t["score_sum"], n) ** 2, 0.0)), 6),
             "wrong_frac": ratio(t["wrong"], n),
-            "penalised_frac": ratio(t["penalised"], n),
+            "trained_reward": ratio(t["trained_score"], t["trained"]),
+            "penalised_frac": ratio(t["penalised"], t["trained"]),
             "kl_wrong": ratio(t["kl_wrong"], t["wrong_tokens"]) if "kl_wrong" in t else None,
-            "entropy": ratio(t["entropy"], t["tokens"]),
+            "entropy": ratio(t["entropy"], t["trained_tokens"]),
             "response_length": ratio(t["tokens"], n),
             "approx_kl": ratio(t["shift"], t["shift_tokens"]),
             **{k: ratio(t[k], world) for k in ("pg_loss", "guide_loss", "vf_loss", "clipfrac", "grad_norm") if k in t},

@@ -84,6 +84,10 @@ class RLConfig:
     scale_group_rewards: bool = field(default=True, metadata={"help": "GRPO: divide by the group's reward std"})
     rollout_batch_size: int = field(default=512, metadata={"help": "prompts per process per step"})
     group_size: int = field(default=1, metadata={"help": "rollouts per prompt (GRPO needs at least 2)"})
+    candidate_prompts: int | None = field(
+        default=None,
+        metadata={"help": "prompts per process rolled out each step, of which the update trains on the rollout_batch_size whose rollouts carry the most to learn (dynamic sampling: see rl_objective.informative_groups); the logged rollout metrics cover all of them (None: rollout_batch_size, every prompt trained on)"},
+    )
     ppo_epochs: int = 1
     num_minibatches: int = field(default=2, metadata={"help": "optimizer steps per epoch over one step's rollouts"})
     micro_batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
@@ -131,6 +135,8 @@ class RLConfig:
             raise DGPOError(f"vllm_gpu_memory_utilization must be in (0, 1): training shares the GPU (got {self.vllm_gpu_memory_utilization})")
         if self.save_total_limit is not None:
             at_least("save_total_limit", self.save_total_limit, 1)
+        if self.candidate_prompts is not None and self.candidate_prompts < self.rollout_batch_size:
+            raise DGPOError(f"candidate_prompts ({self.candidate_prompts}) must be at least rollout_batch_size ({self.rollout_batch_size}): the update picks its prompts from them")
         trackers("report_to", self.report_to or [])
         if self.rollout_engine == "vllm":
             check_vllm_engine()
@@ -144,6 +150,11 @@ class RLConfig:
             raise DGPOError(f"num_minibatches={self.num_minibatches} exceeds the {self.rollout_batch_size * self.group_size} rollouts per step")
         if self.critic_warmup_steps and not self.uses_critic:
             raise DGPOError(f"critic_warmup_steps needs a value model: {self.algorithm} has none (use 0)")
+
+    @property
+    def prompts_per_step(self) -> int:
+        """Prompts each process rolls out per step (the update may train on fewer: ``candidate_prompts``)."""
+        return self.candidate_prompts or self.rollout_batch_size
 
     @property
     def uses_critic(self) -> bool:

@@ -147,6 +147,22 @@ def group_advantages(scores: torch.Tensor, group_size: int, scale: bool = True, 
     return centred.view(-1)
 
 
+def informative_groups(scores: torch.Tensor, group_size: int, keep: int, threshold: float, generator: torch.Generator) -> torch.Tensor:
+    """Row indices, in rollout order, of the ``keep`` groups (``group_size`` consecutive rollouts of one
+    prompt) with the most to learn from: first those whose rollouts disagree (the reward contrasts two
+    answers to one question), then those all wrong (the teacher's term, and a negative advantage),
+    then the solved ones, which a near-deterministic policy only confirms; ties fall at random.
+
+    DAPO's dynamic sampling drops every group whose rollouts agree, since GRPO gives them no advantage;
+    here the wrong ones still carry the teacher's term, so they rank before the solved ones instead.
+    """
+    wrong = (scores.view(-1, group_size) < threshold).cpu()
+    rank = torch.where(wrong.all(dim=1), 1, torch.where(wrong.any(dim=1), 0, 2))
+    shuffled = torch.randperm(rank.numel(), generator=generator)
+    chosen = shuffled[torch.argsort(rank[shuffled], stable=True)][:keep].sort().values
+    return (chosen.unsqueeze(1) * group_size + torch.arange(group_size)).flatten().to(scores.device)
+
+
 def whiten(
     x: torch.Tensor, mask: torch.Tensor, total: Callable[[torch.Tensor], torch.Tensor] = lambda t: t, eps: float = 1e-8
 ) -> torch.Tensor:
