@@ -40,7 +40,7 @@ RECORDS = [
 ]
 AGENT = AgentConfig(max_turns=2, top_k=2)
 LOGGED = (
-    "reward", "invalid_rate", "search_count", "empty_query_rate", "answered", "kl_wrong", "penalised_frac", "approx_kl",
+    "reward", "trained_reward", "invalid_rate", "search_count", "empty_query_rate", "answered", "kl_wrong", "penalised_frac", "approx_kl",
     "entropy", "response_length", "step_s", "teacher_s", "rollout_s",
 )
 

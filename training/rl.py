@@ -350,7 +350,7 @@ class RLTrainer:
 
     def _trained_rows(self, scores: torch.Tensor, step: int) -> torch.Tensor:
         """The rollouts the update trains on: all of them, or under ``candidate_prompts`` the
-        ``rollout_batch_size`` groups with the most to learn from (``rl_objective.informative_groups``)."""
+        ``rollout_batch_size`` groups ``rl_objective.informative_groups`` picks."""
         cfg = self.config
         if cfg.prompts_per_step == cfg.rollout_batch_size:
             return torch.arange(scores.numel(), device=scores.device)

@@ -86,7 +86,7 @@ class RLConfig:
     group_size: int = field(default=1, metadata={"help": "rollouts per prompt (GRPO needs at least 2)"})
     candidate_prompts: int | None = field(
         default=None,
-        metadata={"help": "prompts per process rolled out each step, of which the update trains on the rollout_batch_size whose rollouts carry the most to learn (dynamic sampling: see rl_objective.informative_groups); the logged rollout metrics cover all of them (None: rollout_batch_size, every prompt trained on)"},
+        metadata={"help": "prompts per process rolled out each step, of which the update trains on rollout_batch_size: those whose rollouts disagree first, then others at random (dynamic sampling: rl_objective.informative_groups); the logged rollout metrics cover all of them (None: rollout_batch_size, every prompt trained on)"},
     )
     ppo_epochs: int = 1
     num_minibatches: int = field(default=2, metadata={"help": "optimizer steps per epoch over one step's rollouts"})

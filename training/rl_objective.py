@@ -148,18 +148,21 @@ def group_advantages(scores: torch.Tensor, group_size: int, scale: bool = True, 
 
 
 def informative_groups(scores: torch.Tensor, group_size: int, keep: int, threshold: float, generator: torch.Generator) -> torch.Tensor:
-    """Row indices, in rollout order, of the ``keep`` groups (``group_size`` consecutive rollouts of one
-    prompt) with the most to learn from: first those whose rollouts disagree (the reward contrasts two
-    answers to one question), then those all wrong (the teacher's term, and a negative advantage),
-    then the solved ones, which a near-deterministic policy only confirms; ties fall at random.
+    """Row indices, in rollout order, of ``keep`` groups (``group_size`` consecutive rollouts of one
+    prompt): first those whose rollouts disagree, where the reward contrasts two answers to one
+    question, then others drawn at random. A rollout is wrong below ``threshold``, as for DGPO's
+    teacher term.
 
-    DAPO's dynamic sampling drops every group whose rollouts agree, since GRPO gives them no advantage;
-    here the wrong ones still carry the teacher's term, so they rank before the solved ones instead.
+    DAPO's dynamic sampling keeps only groups that disagree, rolling out more until it has enough;
+    this fills the rest at random instead, so the update sees right and wrong answers in the
+    proportions the policy gives them (ranking all-wrong groups next, DGPO's teacher term on every
+    one, made the update's negative advantages dominate and lost on dev: bench/README.md).
+    With one rollout a question no group disagrees, and the pick is uniform.
     """
     wrong = (scores.view(-1, group_size) < threshold).cpu()
-    rank = torch.where(wrong.all(dim=1), 1, torch.where(wrong.any(dim=1), 0, 2))
-    shuffled = torch.randperm(rank.numel(), generator=generator)
-    chosen = shuffled[torch.argsort(rank[shuffled], stable=True)][:keep].sort().values
+    disagree = wrong.any(dim=1) & ~wrong.all(dim=1)
+    shuffled = torch.randperm(disagree.numel(), generator=generator)
+    chosen = shuffled[torch.argsort((~disagree[shuffled]).int(), stable=True)][:keep].sort().values
     return (chosen.unsqueeze(1) * group_size + torch.arange(group_size)).flatten().to(scores.device)
 
 
