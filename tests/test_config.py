@@ -34,7 +34,7 @@ OUT_OF_RANGE = [
     ("teacher", "precision", "fp8"), ("tgo", "samples_per_question", 0), ("tgo", "top_p", 0.0), ("tgo", "questions", 0),
     ("cold_start", "lm_fraction", 1.0), ("cold_start", "warmup_steps", -1), ("cold_start", "scheduler", "sawtooth"),
     ("rl", "method", "reinforce"), ("rl", "baselines", ["dgpo", "sft"]), ("rl", "max_steps", -1), ("rl", "group_size", 0),
-    ("rl", "top_p", 2.0), ("rl", "guidance", "prompt"), ("rl", "kl_on", "some"), ("rl", "task_advantage", "right"), ("rl", "temperature", 0.0),
+    ("rl", "top_p", 2.0), ("rl", "guidance", "prompt"), ("rl", "kl_on", "some"), ("rl", "temperature", 0.0),
     ("rl", "warmup_ratio", 3.0), ("rl", "lr_scheduler_type", "linear"), ("rl", "kl_on", "none"), ("rl", "algorithm", "gkd"), ("eval", "questions", 0), ("eval", "max_new_tokens", -1),
     ("agent", "observations", "system"), ("agent", "examples", 3), ("store", "device", "tpu"),
     ("cold_start", "method", "sft"), ("cold_start", "baselines", ["gkd"]),
@@ -138,7 +138,6 @@ def test_no_bad_config_touches_an_existing_run(existing_run, tmp_path_factory, d
         ({"rl": {"rollout_engine": "vllm"}}, "vLLM is not installed: pip install 'dgpo-agent[vllm]' (needs a CUDA GPU)"),
         ({"rl": {"vllm_gpu_memory_utilization": 1.0}}, "vllm_gpu_memory_utilization must be in (0, 1): training shares the GPU"),
         ({"rl": {"candidate_prompts": 32}}, "candidate_prompts (32) must be at least rollout_batch_size (64)"),
-        ({"rl": {"task_advantage": "unguided", "guidance": "reward", "kl_estimator": "k1"}}, "task_advantage: unguided leaves the guided rollouts to the teacher's term"),
     ],
 )
 def test_a_bad_setting_is_named_with_the_fix(doc, message):
@@ -147,12 +146,12 @@ def test_a_bad_setting_is_named_with_the_fix(doc, message):
     assert str(err.value).startswith(message)
 
 
-@pytest.mark.parametrize("setting, value", [("rollout_engine", "transformers"), ("candidate_prompts", 128), ("task_advantage", "unguided")])
+@pytest.mark.parametrize("setting, value", [("rollout_engine", "transformers"), ("candidate_prompts", 128)])
 def test_the_later_rl_settings_leave_existing_runs_fingerprints_alone(setting, value):
     """Left unset they are not hashed, so a finished run does not re-run its RL stage on upgrading;
-    chosen, each re-runs it (each trains on other rollouts or other advantages)."""
+    chosen, each re-runs it (the engine draws other samples; candidates train on other questions)."""
     plain = load_config("tiny")
-    assert not {"rollout_engine", "vllm_gpu_memory_utilization", "candidate_prompts", "task_advantage"} & set(plain.settings("rl")["rl"])
+    assert not {"rollout_engine", "vllm_gpu_memory_utilization", "candidate_prompts"} & set(plain.settings("rl")["rl"])
     chosen = load_config("tiny", overrides={"rl": {setting: value}})
     assert getattr(chosen.rl, setting) == value and chosen.fingerprint("rl") != plain.fingerprint("rl")
 

@@ -560,9 +560,6 @@ class RLTrainer:
         GRPO's group-normalised outcome on every model token; none for GKD. The teacher term β·kl_t
         then joins as ``guidance`` says: in the rewards (GAE or the reward-to-go carries it to every
         earlier token), in each token's advantage, or (``loss``) in the update's loss instead of here.
-        Under ``task_advantage: unguided`` the rollouts the term is on get no task advantage: on a
-        wrong rollout the reward's push lowers every sampled token, most of them the teacher's own
-        (the format, the searches), while the term moves just the tokens the teacher would not give.
         """
         cfg, mask = self.config, batch.mask
         if self.guided:
@@ -580,8 +577,6 @@ class RLTrainer:
             advantages = obj.group_advantages(scores, cfg.group_size, cfg.scale_group_rewards).unsqueeze(1) * mask - obj.reward_to_go(in_reward, mask)
         else:
             advantages = -obj.reward_to_go(in_reward, mask)
-        if cfg.task_advantage == "unguided":
-            advantages = advantages * (1 - penalised).unsqueeze(1)  # the teacher's term alone trains these
         if cfg.guidance == "advantage":
             advantages = advantages - penalty
         return advantages, returns, penalised

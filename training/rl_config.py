@@ -61,10 +61,6 @@ class RLConfig:
     beta: float = field(default=1.0, metadata={"help": "weight of the teacher term (the reference code's: 0.001, in the reward)"})
     guidance: Literal["reward", "advantage", "loss"] = field(default="loss", metadata={"help": "where the teacher term enters: each token's reward (the reference code), its advantage, or the loss"})
     kl_on: Literal["wrong", "all", "none"] = field(default="wrong", metadata={"help": "which rollouts get the teacher term: score < reward_threshold (DGPO), all, none"})
-    task_advantage: Literal["all", "unguided"] | None = field(
-        default=None,
-        metadata={"help": "which rollouts the task reward's advantage trains: all (None, the paper's), or unguided, only those without the teacher term (under DGPO's kl_on wrong, the right ones), so that the teacher alone trains a wrong rollout"},
-    )
     kl_estimator: Literal["k1", "k3", "full", "forward"] = field(
         default="full",
         metadata={"help": "full: the exact KL(π_θ ‖ π_T) over the vocabulary; forward: the exact KL(π_T ‖ π_θ), the cold start's loss on the student's own tokens; k1 = log π_θ − log π_T (the reference code's) or k3 on the sampled tokens"},
@@ -122,7 +118,6 @@ class RLConfig:
             "algorithm": ("ppo", "grpo", "gkd"), "guidance": ("reward", "advantage", "loss"), "precision": ("fp32", "bf16"),
             "kl_on": ("wrong", "all", "none"), "kl_estimator": ("k1", "k3", "full", "forward"),
             "lr_scheduler_type": (None, "constant", "cosine"), "rollout_engine": (None, "transformers", "vllm"),
-            "task_advantage": (None, "all", "unguided"),
         }
         for name, allowed in choices.items():
             one_of(name, getattr(self, name), allowed)
@@ -149,8 +144,6 @@ class RLConfig:
             raise DGPOError(f"grpo needs group_size >= 2 to form a baseline (got {self.group_size})")
         if self.algorithm == "gkd" and (self.kl_on == "none" or self.beta == 0):
             raise DGPOError("gkd learns from the teacher term alone: set beta > 0 and kl_on to all (or wrong)")
-        if self.task_advantage == "unguided" and self.guidance == "reward":
-            raise DGPOError("task_advantage: unguided leaves the guided rollouts to the teacher's term, and guidance: reward puts that term in the task advantage: use guidance loss or advantage")
         if self.guidance == "loss" and self.kl_estimator == "k1":
             raise DGPOError("guidance: loss needs kl_estimator full, forward or k3: k1's gradient is zero in expectation")
         if self.num_minibatches > self.rollout_batch_size * self.group_size:
