@@ -155,8 +155,8 @@ def informative_groups(scores: torch.Tensor, group_size: int, keep: int, thresho
 
     DAPO's dynamic sampling keeps only groups that disagree, rolling out more until it has enough;
     this fills the rest at random instead, so the update sees right and wrong answers in the
-    proportions the policy gives them (ranking all-wrong groups next, DGPO's teacher term on every
-    one, made the update's negative advantages dominate and lost on dev: bench/README.md).
+    proportions the policy gives them (ranking the all-wrong groups next, which DGPO's teacher term
+    guides, made the updates mostly wrong rollouts and lost on dev: bench/README.md).
     With one rollout a question no group disagrees, and the pick is uniform.
     """
     wrong = (scores.view(-1, group_size) < threshold).cpu()
