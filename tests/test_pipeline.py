@@ -252,6 +252,30 @@ def test_smoke_preset_runs_the_default_path_end_to_end(tmp_path):
     assert_files_are_where_run_dir_says(RunDir(tmp_path / "run"), cfg)
     assert_served_against_its_own_collection(RunDir(tmp_path / "run"), "other")
     assert_rl_lift_replayed_on_new_questions(tmp_path / "run")
+    assert_a_deleted_model_is_trained_again(cfg, RunDir(tmp_path / "run"))
+
+
+def assert_a_deleted_model_is_trained_again(cfg, run: RunDir) -> None:
+    """A model deleted by hand leaves its stage unfinished, not cached: the stage trains it again,
+    keeping the other methods' models, and every later stage runs again, so no summary or report
+    speaks for a model that is gone."""
+    import shutil
+
+    from dgpo_agent.training.pipeline import plan
+
+    def stamps(folder):  # the weights: a kept model is not trained again
+        return {p: p.stat().st_mtime_ns for p in folder.glob("*.safetensors")}
+
+    kept = stamps(run.policy("dgpo"))
+    assert kept
+    shutil.rmtree(run.rl("grpo"))
+    steps = dict(plan(Run(cfg)))
+    assert steps["cold-start"] == "cached"
+    assert steps["rl"] == "run again: rl/grpo/final deleted; train grpo" and steps["results"] == "run again after rl"
+    summaries = run_pipeline(cfg)
+    assert stamps(run.policy("dgpo")) == kept and (run.policy("grpo") / "config.json").is_file()
+    assert list(summaries["results"]) == ["base-student", "teacher", "cold-start-kd", "cold-start-seqkd", "dgpo", "grpo"]
+    assert set(dict(plan(Run(cfg))).values()) == {"cached"}
 
 
 def assert_files_are_where_run_dir_says(run: RunDir, cfg) -> None:

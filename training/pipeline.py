@@ -26,6 +26,9 @@ from dgpo_agent.training.report import write_report
 from dgpo_agent.training.run import Run, RunDir
 
 
+RUN_AGAIN = "run again"  # plan's word for a finished stage that runs again: its outputs were deleted, or an earlier stage's
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -93,29 +96,34 @@ def run_pipeline(cfg: PipelineConfig, stop_after: str | None = None) -> dict[str
         raise DGPOError(f"unknown stage {stop_after!r} for --stop-after: choose one of {', '.join(names)}")
     validate(cfg)
     run = Run(cfg)
-    _print_plan(plan(run, stop_after))
+    steps = plan(run, stop_after)
+    _print_plan(steps)
+    again = {name for name, action in steps if action.startswith(RUN_AGAIN)}
     run.dir.root.mkdir(parents=True, exist_ok=True)
     run.dir.config.write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     summaries = {}
     for stage in STAGES:
         if stage.needed(cfg):
-            summaries[stage.name] = _run_stage(stage, run)
+            summaries[stage.name] = _run_stage(stage, run, again=stage.name in again)
         if stage.name == stop_after:
             break
     write_report(run.dir, summaries)
     return summaries
 
 
-def _run_stage(stage: Stage, run: Run) -> dict:
+def _run_stage(stage: Stage, run: Run, again: bool = False) -> dict:
+    """Run ``stage``, or read back its summary where it finished with these settings and its outputs
+    are all still there; ``again`` runs it even so (an earlier stage ran again). Running again
+    resumes: a method stage keeps the methods it finished."""
     from rich.console import Console
 
     console = Console()
     marker = run.dir.marker(stage.name)
     fingerprint = run.cfg.fingerprint(*stage.sections)
     _restore_set_aside(stage, fingerprint, run.dir)
-    if marker.is_file():
+    if marker.is_file() and not again:
         record = json.loads(marker.read_text())
-        if record["fingerprint"] == fingerprint:
+        if record["fingerprint"] == fingerprint and not _deleted_outputs(record, stage.name, run):
             console.print(f"[green]✓[/green] {stage.name}: cached ({record['seconds']:.1f} s when run)")
             return record["summary"]
     _start_or_resume(stage, run.cfg.fingerprint(*stage.sections, leave_out=stage.selectors), run.dir)
@@ -125,7 +133,10 @@ def _run_stage(stage: Stage, run: Run) -> dict:
     seconds = time.perf_counter() - start
     marker.parent.mkdir(exist_ok=True)
     sections = {name: run.cfg.fingerprint(name) for name in stage.sections}
-    marker.write_text(json.dumps({"fingerprint": fingerprint, "sections": sections, "seconds": seconds, "summary": summary}, indent=2))
+    made = [*run.dir.outputs(stage.name), *_method_dirs(run, stage.name).values()]
+    outputs = [str(path.relative_to(run.dir.root)) for path in made if path.exists()]
+    record = {"fingerprint": fingerprint, "sections": sections, "seconds": seconds, "outputs": outputs, "summary": summary}
+    marker.write_text(json.dumps(record, indent=2))
     shutil.rmtree(_aside(run.dir, stage), ignore_errors=True)  # the new outputs are complete: the old ones can go
     console.print(f"[green]✓[/green] {stage.name}: {seconds:.1f} s")
     return summary
@@ -138,6 +149,7 @@ def plan(run: Run, stop_after: str | None = None) -> list[tuple[str, str]]:
     from dgpo_agent.training.stages import finished
 
     cfg, steps = run.cfg, []
+    ran_again = None  # the first finished stage whose outputs were deleted: it and every later one run again
     for stage in STAGES:
         if not stage.needed(cfg):
             steps.append((stage.name, "not needed"))
@@ -145,7 +157,13 @@ def plan(run: Run, stop_after: str | None = None) -> list[tuple[str, str]]:
             marker, started = run.dir.marker(stage.name), run.dir.started(stage.name)
             record = json.loads(marker.read_text()) if marker.is_file() else None
             if record and record["fingerprint"] == cfg.fingerprint(*stage.sections):
-                steps.append((stage.name, "cached"))
+                if deleted := _deleted_outputs(record, stage.name, run):
+                    steps.append((stage.name, f"{RUN_AGAIN}: {', '.join(deleted)} deleted"))
+                    ran_again = ran_again or stage.name
+                elif ran_again:
+                    steps.append((stage.name, f"{RUN_AGAIN} after {ran_again}"))
+                else:
+                    steps.append((stage.name, "cached"))
             elif started.is_file() and started.read_text() == cfg.fingerprint(*stage.sections, leave_out=stage.selectors):
                 steps.append((stage.name, "resume" if record is None else "keep what is trained"))
             elif record is not None or started.is_file():
@@ -162,6 +180,16 @@ def plan(run: Run, stop_after: str | None = None) -> list[tuple[str, str]]:
         if stage.name == stop_after:
             break
     return steps
+
+
+def _deleted_outputs(record: dict, stage: str, run: Run) -> list[str]:
+    """The outputs a finished stage recorded (its folders, and each method's model) that are gone:
+    deleted by hand, they would otherwise leave a cached summary of models no longer there. For a
+    marker written before outputs were recorded, its methods' models."""
+    recorded = record.get("outputs")
+    if recorded is None:
+        recorded = [str(path.relative_to(run.dir.root)) for path in _method_dirs(run, stage).values()]
+    return [name for name in recorded if not (run.dir.root / name).exists()]
 
 
 def _method_dirs(run: Run, stage: str) -> dict[str, Path]:
