@@ -122,6 +122,32 @@ def test_adding_a_method_trains_only_that_one_and_a_changed_setting_starts_over(
     assert not run.dir.rl("ppo").exists()
 
 
+def test_a_run_folder_from_before_outputs_were_recorded_still_notices_a_deleted_model(tmp_path):
+    """Markers written before they recorded their stage's outputs: a method's deleted model still
+    makes its stage run again, and the stage trains it back."""
+    from dgpo_agent.training.pipeline import STAGES, _run_stage, plan
+
+    def train_each(run):
+        for method in run.cfg.rl.methods():
+            run.dir.policy(method).mkdir(parents=True, exist_ok=True)
+        return {}
+
+    stage = dataclasses.replace(next(s for s in STAGES if s.name == "rl"), run=train_each)
+    cfg = load_config("smoke", out=tmp_path)
+    cfg.rl.baselines = []
+    run = Run(cfg)
+    _run_stage(stage, run)
+    marker = run.dir.marker("rl")
+    record = json.loads(marker.read_text())
+    assert record.pop("outputs") == ["rl", "rl/dgpo/final"]
+    marker.write_text(json.dumps(record))
+    assert dict(plan(run))["rl"] == "cached"
+    run.dir.policy("dgpo").rmdir()
+    assert dict(plan(run))["rl"] == "run again: rl/dgpo/final deleted; train dgpo"
+    _run_stage(stage, run)
+    assert run.dir.policy("dgpo").is_dir() and dict(plan(run))["rl"] == "cached"
+
+
 @pytest.mark.parametrize("setting", ["cold_start.warmup_steps", "cold_start.save_steps", "teacher.logging_steps", "rl.save_every", "tgo.top_p"])
 def test_every_setting_that_changes_a_stages_output_is_in_its_fingerprint(setting):
     """Warm-up, checkpoint and log intervals used to be hard-coded beside the settings, so changing
