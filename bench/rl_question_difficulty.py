@@ -9,9 +9,15 @@ trained on. ``--ahead K`` also rolls out the final policy and the starting one o
 steps after the run's last: questions neither has seen, drawn with the same seeds, so the difference
 is RL's lift on new questions at the end of the run, with the questions' difficulty paired away.
 
+``--every-step`` replays every step, not only the two ends, and ``--plot`` draws RL's lift step by
+step (logged − starting policy, same draws) for every run so replayed in the ``--out`` file, with
+runs of one arm (the same parent folder, e.g. ``runs/bench-pool/dgpo``) as one line over seeds.
+
     python bench/rl_question_difficulty.py --run runs/tiny
     python bench/rl_question_difficulty.py --run runs/bench-pool/dgpo/seed0 --ahead 8
     python bench/rl_question_difficulty.py --run runs/bench-main/dgpo/seed1 --out bench/results/rl_question_difficulty.json
+    python bench/rl_question_difficulty.py --run runs/bench-pool/dgpo/seed{0,1,2} --every-step \
+        --out bench/results/rl_lift_by_step.json --plot bench/results/rl_lift_by_step.png
 """
 
 from __future__ import annotations
@@ -28,30 +34,38 @@ from results_file import add_result  # bench/, beside this script
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, default=Path("runs/tiny"), help="a run whose RL stage has finished")
+    parser.add_argument("--run", type=Path, nargs="+", default=[Path("runs/tiny")], help="runs whose RL stage has finished, one after another")
     parser.add_argument("--method", default="dgpo", help="the RL method of the run to look at")
     parser.add_argument("--window", type=int, default=5, help="steps at each end of the run (the must-show's 5)")
     parser.add_argument("--last", type=int, help="read the run as if it had ended at this step (default: its last logged step)")
     parser.add_argument("--ahead", type=int, default=0, help="also the final and starting policies on the draws of this many steps after the run's last")
-    parser.add_argument("--out", type=Path, help="add this run's result to a JSON file, under its path (PATH@LAST with --last)")
+    parser.add_argument("--every-step", action="store_true", help="replay every step up to the last, not only the two ends")
+    parser.add_argument("--out", type=Path, help="add each run's result to a JSON file, under its path (PATH@LAST with --last)")
+    parser.add_argument("--plot", type=Path, help="with --out: draw RL's lift per step for every run of that file replayed at every step")
     args = parser.parse_args()
+    if args.plot and not args.out:
+        raise SystemExit("error: --plot draws the runs of the --out file: add --out FILE")
 
     from dgpo_agent.errors import DGPOError
 
-    try:
-        row = compare(args.run, args.method, args.window, args.last, args.ahead)
-    except DGPOError as err:
-        raise SystemExit(f"error: {err}") from None
-    print(json.dumps(row, indent=2))
-    if args.out:
-        add_result(args.out, f"{args.run}@{args.last}" if args.last else str(args.run), row)
+    for run_dir in args.run:
+        try:
+            row = compare(run_dir, args.method, args.window, args.last, args.ahead, args.every_step)
+        except DGPOError as err:
+            raise SystemExit(f"error: {err}") from None
+        print(json.dumps(row, indent=2))
+        if args.out:
+            add_result(args.out, f"{run_dir}@{args.last}" if args.last else str(run_dir), row)
+    if args.plot:
+        print(plot_lift(lift_curves(json.loads(args.out.read_text())), args.plot))
 
 
-def compare(run_dir: Path, method: str, window: int, last: int | None = None, ahead: int = 0) -> dict:
+def compare(run_dir: Path, method: str, window: int, last: int | None = None, ahead: int = 0, every_step: bool = False) -> dict:
     """The run's logged reward and its starting policy's reward on the same rollout draws, per step of
-    the first and last ``window`` steps up to step ``last`` (default: the last logged), with each end's
-    mean. With a constant learning rate after a warm-up of the same number of steps, a longer run logs
-    up to any step exactly what a run of that many steps logs, so it answers for the shorter one.
+    the first and last ``window`` steps up to step ``last`` (default: the last logged; every step up to
+    it with ``every_step``), with each end's mean. With a constant learning rate after a warm-up of the
+    same number of steps, a longer run logs up to any step exactly what a run of that many steps logs,
+    so it answers for the shorter one.
     With ``ahead``, also both policies on the ``ahead`` steps after the run's last (the final policy
     is the run's own, so not with an earlier ``last``)."""
     from dgpo_agent.errors import DGPOError
@@ -75,7 +89,8 @@ def compare(run_dir: Path, method: str, window: int, last: int | None = None, ah
     questions, per_step = stages.rl_questions(run), run.cfg.rl.prompts_per_step
     if ahead and (last + ahead) * per_step > len(questions):
         raise DGPOError(f"the {ahead} steps after step {last} need {(last + ahead) * per_step} questions, and RL's pool has {len(questions)}: past it they come back, so they are not new")
-    steps = sorted({*range(1, window + 1), *range(last - window + 1, last + 1)} & logged.keys())
+    read = range(1, last + 1) if every_step else (*range(1, window + 1), *range(last - window + 1, last + 1))
+    steps = sorted(set(read) & logged.keys())
     start = stages.rl_start(run, method)
     later = list(range(last + 1, last + 1 + ahead))
     start_reward = sampled_reward(run, method, start, questions, steps + later, last)
@@ -114,6 +129,50 @@ def sampled_reward(run: Any, method: str, model_dir: Path, questions: list[dict]
         config = run.cfg.rl.for_method(method, output_dir=scratch, max_steps=last, eval_every=0)
         trainer = RLTrainer(stages.load_model(model_dir), run.student_tokenizer, questions, run.store, run.cfg.agent.config(), config)
         return {step: trainer.rollouts(step)[2].float().mean().item() for step in steps}
+
+
+def lift_curves(results: dict[str, dict]) -> dict[str, list[list[dict]]]:
+    """Each arm's runs (an arm is a run folder's parent) as logs of ``{"step", "lift"}``: the logged
+    reward minus the starting policy's on the same draws, at every step. Runs replayed only at their two
+    ends are left out: their gap in the middle would draw as a straight line."""
+    arms: dict[str, list[list[dict]]] = {}
+    for key, row in results.items():
+        steps = row.get("steps", [])
+        if steps != list(range(1, len(steps) + 1)):
+            continue
+        lift = [{"step": s, "lift": row["logged_reward"][str(s)] - row["start_reward"][str(s)]} for s in steps]
+        arms.setdefault(Path(key.split("@")[0]).parent.name, []).append(lift)
+    return arms
+
+
+def plot_lift(arms: dict[str, list[list[dict]]], path: Path) -> Path:
+    """RL's lift per step, each arm's mean over its runs with their range as a band, and the 5-step
+    windows at each end that the reward-rise bar compares."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dgpo_agent.training.plots import seed_band
+
+    if not arms:
+        raise SystemExit("error: no run in the --out file was replayed at every step: add --every-step")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for arm, runs in arms.items():
+        steps, mean, low, high = seed_band(runs, "lift")
+        line, = ax.plot(steps, mean, marker="o", label=f"{arm} ({len(runs)} seeds)")
+        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+    last = max(len(run) for runs in arms.values() for run in runs)
+    for start, end in ((1, 5), (last - 4, last)):
+        ax.axvspan(start - 0.5, end + 0.5, color="grey", alpha=0.1)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set(title="RL's lift on each step's new questions: logged reward − the cold start's, same draws", xlabel="RL step", ylabel="reward difference")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ fresh question samples ask new things about the same entities."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,16 +13,14 @@ import pytest
 
 from dgpo_agent.errors import DGPOError
 from dgpo_agent.training.run import RunDir
+from tests.bench_scripts import bench_script
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS_FILES = sorted((ROOT / "bench" / "arms").glob("*.yaml"))
 
 
 def _rl_compare():
-    spec = importlib.util.spec_from_file_location("rl_compare", ROOT / "bench" / "rl_compare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("rl_compare")
 
 
 @pytest.mark.parametrize("path", ARMS_FILES, ids=lambda p: p.name)
@@ -139,3 +136,34 @@ def test_fresh_questions_ask_new_things_about_the_same_entities(small_world, tmp
     assert len({q["id"] for q in fresh}) == len(fresh) > 0
     families = {q["family"] for q in fresh}
     assert families <= {q["family"] for q in own} and len(families) > 1
+
+
+def test_the_lift_curve_draws_runs_replayed_at_every_step_one_line_per_arm(tmp_path):
+    """`rl_question_difficulty.py --plot`: each arm's runs (one parent folder) as one line of the
+    logged reward minus the starting policy's, step by step; a run replayed only at its two ends has
+    no middle to draw and is left out."""
+    script = bench_script("rl_question_difficulty")
+
+    def row(steps, logged, start):
+        return {"steps": steps, "logged_reward": dict(zip(map(str, steps), logged)), "start_reward": dict(zip(map(str, steps), start))}
+
+    results = {
+        "runs/bench/dgpo/seed0": row([1, 2, 3], [0.5, 0.75, 0.5], [0.5, 0.5, 0.25]),
+        "runs/bench/dgpo/seed1": row([1, 2, 3], [0.25, 0.5, 1.0], [0.25, 0.5, 0.5]),
+        "runs/bench/ppo/seed0@3": row([1, 2, 3], [0.5, 0.5, 0.5], [0.5, 0.75, 0.5]),
+        "runs/bench/pool/seed0": row([1, 2, 5, 6], [0.5, 0.5, 0.75, 0.75], [0.5, 0.5, 0.5, 0.5]),
+    }
+    arms = script.lift_curves(results)
+    assert list(arms) == ["dgpo", "ppo"]
+    assert [[e["lift"] for e in run] for run in arms["dgpo"]] == [[0.0, 0.25, 0.25], [0.0, 0.0, 0.5]]
+    assert [e["lift"] for e in arms["ppo"][0]] == [0.0, -0.25, 0.0]
+    assert script.plot_lift(arms, tmp_path / "lift.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="--every-step"):
+        script.plot_lift(script.lift_curves({"runs/bench/pool/seed0": results["runs/bench/pool/seed0"]}), tmp_path / "none.png")
+
+
+def test_the_lift_plot_needs_the_file_it_draws(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "rl_question_difficulty.py"), "--run", str(tmp_path), "--plot", str(tmp_path / "x.png")],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and done.stderr.strip() == "error: --plot draws the runs of the --out file: add --out FILE"
+    assert not (tmp_path / "x.png").exists()

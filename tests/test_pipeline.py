@@ -1,7 +1,6 @@
 """`dgpo-agent train` on the smoke preset: stages run, cache, resume, and report."""
 
 import dataclasses
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from dgpo_agent.store import ChromaStore
 from dgpo_agent.training.config import StoreSettings, load_config
 from dgpo_agent.training.pipeline import run_pipeline
 from dgpo_agent.training.run import Run, RunDir
+from tests.bench_scripts import bench_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -338,13 +338,7 @@ def assert_rl_lift_replayed_on_new_questions(run_dir: Path) -> None:
     """`bench/rl_question_difficulty.py --ahead` replays a finished run: both policies on the draws of
     the steps after its last, which it never trained on; it refuses an earlier ``--last`` (the final
     policy is the last step's) and steps past RL's pool (their questions would come back)."""
-    spec = importlib.util.spec_from_file_location("rl_question_difficulty", ROOT / "bench" / "rl_question_difficulty.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(ROOT / "bench"))  # it imports its neighbour results_file
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    module = bench_script("rl_question_difficulty")
     row = module.compare(run_dir, "dgpo", window=1, ahead=1)
     ahead = row["ahead"]
     assert row["steps"] == [1, 2] and ahead["steps"] == [3]
