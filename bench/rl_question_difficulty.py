@@ -127,7 +127,8 @@ def sampled_reward(run: Any, method: str, model_dir: Path, questions: list[dict]
 
     with tempfile.TemporaryDirectory() as scratch:  # the trainer's folder: it never trains or saves here
         config = run.cfg.rl.for_method(method, output_dir=scratch, max_steps=last, eval_every=0)
-        trainer = RLTrainer(stages.load_model(model_dir), run.student_tokenizer, questions, run.store, run.cfg.agent.config(), config)
+        teacher = stages.load_model(run.teacher) if config.algorithm == "gkd" else None  # GKD's trainer starts only with its teacher; rollouts never use it
+        trainer = RLTrainer(stages.load_model(model_dir), run.student_tokenizer, questions, run.store, run.cfg.agent.config(), config, teacher=teacher)
         return {step: trainer.rollouts(step)[2].float().mean().item() for step in steps}
 
 

@@ -348,6 +348,13 @@ def assert_rl_lift_replayed_on_new_questions(run_dir: Path) -> None:
         module.compare(run_dir, "dgpo", window=1, last=1, ahead=1)
     with pytest.raises(DGPOError, match="come back"):
         module.compare(run_dir, "dgpo", window=1, ahead=10_000)
+    # GKD's trainer starts only with its teacher; its replay draws what any method's first step drew
+    from dgpo_agent.training import stages
+    from dgpo_agent.training.config import PipelineConfig, build
+
+    run = Run(build(PipelineConfig, json.loads(RunDir(run_dir).config.read_text())))
+    gkd = module.sampled_reward(run, "gkd", stages.rl_start(run, "gkd"), stages.rl_questions(run), [1], 1)
+    assert round(gkd[1], 6) == row["start_reward"][1] == row["logged_reward"][1]
 
 
 def test_a_new_optional_setting_keeps_existing_fingerprints_and_a_set_one_changes_them():
