@@ -57,7 +57,7 @@ def main() -> None:
         if args.out:
             add_result(args.out, f"{run_dir}@{args.last}" if args.last else str(run_dir), row)
     if args.plot:
-        print(plot_lift(lift_curves(json.loads(args.out.read_text())), args.plot))
+        print(plot_lift(lift_curves(json.loads(args.out.read_text())), args.plot, args.window))
 
 
 def compare(run_dir: Path, method: str, window: int, last: int | None = None, ahead: int = 0, every_step: bool = False) -> dict:
@@ -146,9 +146,9 @@ def lift_curves(results: dict[str, dict]) -> dict[str, list[list[dict]]]:
     return arms
 
 
-def plot_lift(arms: dict[str, list[list[dict]]], path: Path) -> Path:
-    """RL's lift per step, each arm's mean over its runs with their range as a band, and the 5-step
-    windows at each end that the reward-rise bar compares."""
+def plot_lift(arms: dict[str, list[list[dict]]], path: Path, window: int = 5) -> Path:
+    """RL's lift per step, each arm's mean over its runs with their range as a band, and the
+    ``window`` steps at each end that the reward-rise bar compares shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,7 +164,7 @@ def plot_lift(arms: dict[str, list[list[dict]]], path: Path) -> Path:
         line, = ax.plot(steps, mean, marker="o", label=f"{arm} ({len(runs)} seeds)")
         ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
     last = max(len(run) for runs in arms.values() for run in runs)
-    for start, end in ((1, 5), (last - 4, last)):
+    for start, end in ((1, window), (last - window + 1, last)):
         ax.axvspan(start - 0.5, end + 0.5, color="grey", alpha=0.1)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set(title="RL's lift on each step's new questions: logged reward − the cold start's, same draws", xlabel="RL step", ylabel="reward difference")
