@@ -9,12 +9,17 @@ trained on. ``--ahead K`` also rolls out the final policy and the starting one o
 steps after the run's last: questions neither has seen, drawn with the same seeds, so the difference
 is RL's lift on new questions at the end of the run, with the questions' difficulty paired away.
 
+``--by-source`` (with ``--ahead``) splits that lift by question family (``data_source``) and adds
+the run's kept checkpoints and its teacher on the same draws: where in the run, and on which
+questions, RL's lift comes, and how far each family's sampled reward is from the teacher's.
+
 ``--every-step`` replays every step, not only the two ends, and ``--plot`` draws RL's lift step by
 step (logged − starting policy, same draws) for every run so replayed in the ``--out`` file, with
 runs of one arm (the same parent folder, e.g. ``runs/bench-pool/dgpo``) as one line over seeds.
 
     python bench/rl_question_difficulty.py --run runs/tiny
     python bench/rl_question_difficulty.py --run runs/bench-pool/dgpo/seed0 --ahead 8
+    python bench/rl_question_difficulty.py --run runs/bench-pool/dgpo/seed0 --ahead 16 --by-source
     python bench/rl_question_difficulty.py --run runs/bench-main/dgpo/seed1 --out bench/results/rl_question_difficulty.json
     python bench/rl_question_difficulty.py --run runs/bench-pool/dgpo/seed{0,1,2} --every-step \
         --out bench/results/rl_lift_by_step.json --plot bench/results/rl_lift_by_step.png
@@ -39,18 +44,21 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=5, help="steps at each end of the run (the must-show's 5)")
     parser.add_argument("--last", type=int, help="read the run as if it had ended at this step (default: its last logged step)")
     parser.add_argument("--ahead", type=int, default=0, help="also the final and starting policies on the draws of this many steps after the run's last")
+    parser.add_argument("--by-source", action="store_true", help="with --ahead: each question family's reward on those draws, for the starting policy, every kept checkpoint, the final policy and the teacher")
     parser.add_argument("--every-step", action="store_true", help="replay every step up to the last, not only the two ends")
     parser.add_argument("--out", type=Path, help="add each run's result to a JSON file, under its path (PATH@LAST with --last)")
     parser.add_argument("--plot", type=Path, help="with --out: draw RL's lift per step for every run of that file replayed at every step")
     args = parser.parse_args()
     if args.plot and not args.out:
         raise SystemExit("error: --plot draws the runs of the --out file: add --out FILE")
+    if args.by_source and not args.ahead:
+        raise SystemExit("error: --by-source splits the draws after the run's last step: add --ahead K")
 
     from dgpo_agent.errors import DGPOError
 
     for run_dir in args.run:
         try:
-            row = compare(run_dir, args.method, args.window, args.last, args.ahead, args.every_step)
+            row = compare(run_dir, args.method, args.window, args.last, args.ahead, args.every_step, args.by_source)
         except DGPOError as err:
             raise SystemExit(f"error: {err}") from None
         print(json.dumps(row, indent=2))
@@ -60,14 +68,17 @@ def main() -> None:
         print(plot_lift(lift_curves(json.loads(args.out.read_text())), args.plot, args.window))
 
 
-def compare(run_dir: Path, method: str, window: int, last: int | None = None, ahead: int = 0, every_step: bool = False) -> dict:
+def compare(
+    run_dir: Path, method: str, window: int, last: int | None = None, ahead: int = 0, every_step: bool = False, by_source: bool = False
+) -> dict:
     """The run's logged reward and its starting policy's reward on the same rollout draws, per step of
     the first and last ``window`` steps up to step ``last`` (default: the last logged; every step up to
     it with ``every_step``), with each end's mean. With a constant learning rate after a warm-up of the
     same number of steps, a longer run logs up to any step exactly what a run of that many steps logs,
     so it answers for the shorter one.
     With ``ahead``, also both policies on the ``ahead`` steps after the run's last (the final policy
-    is the run's own, so not with an earlier ``last``)."""
+    is the run's own, so not with an earlier ``last``); with ``by_source``, those two, the run's kept
+    checkpoints and its teacher on them, per question family."""
     from dgpo_agent.errors import DGPOError
     from dgpo_agent.training import stages
     from dgpo_agent.training.callbacks import METRICS, read_log
@@ -93,7 +104,8 @@ def compare(run_dir: Path, method: str, window: int, last: int | None = None, ah
     steps = sorted(set(read) & logged.keys())
     start = stages.rl_start(run, method)
     later = list(range(last + 1, last + 1 + ahead))
-    start_reward = sampled_reward(run, method, start, questions, steps + later, last)
+    start_scores = sampled_scores(run, method, stages.load_model(start), questions, steps + later, last)
+    start_reward = step_means(start_scores)
 
     def ends(values: dict[int, float]) -> dict[str, float]:
         first, final = (statistics.fmean(values[s] for s in chosen) for chosen in (steps[:window], steps[-window:]))
@@ -109,18 +121,58 @@ def compare(run_dir: Path, method: str, window: int, last: int | None = None, ah
         "rl_gain_last": round(statistics.fmean(logged[s] - start_reward[s] for s in steps[-window:]), 4),
     }
     if later:
-        final_reward = sampled_reward(run, method, folder.rl(method) / "final", questions, later, last)
+        final_scores = sampled_scores(run, method, stages.load_model(folder.policy(method)), questions, later, last)
+        final_reward = step_means(final_scores)
         row["ahead"] = {
             "steps": later,
             "start_reward": {s: round(start_reward[s], 6) for s in later},
             "final_reward": {s: round(final_reward[s], 6) for s in later},
             "rl_gain": round(statistics.fmean(final_reward[s] - start_reward[s] for s in later), 4),
         }
+        if by_source:
+            kept = {label: sampled_scores(run, method, load(), questions, later, last) for label, load in kept_policies(folder, method, last)}
+            teacher = sampled_scores(run, method, stages.load_model(run.teacher), questions, later, last)
+            scores = {"start": start_scores, **kept, "final": final_scores, "teacher": teacher}
+            row["ahead"]["by_source"] = {label: source_means(s, later) for label, s in scores.items()}
     return row
 
 
-def sampled_reward(run: Any, method: str, model_dir: Path, questions: list[dict], steps: list[int], last: int) -> dict[int, float]:
-    """The mean reward of the model in ``model_dir`` on each step's rollout draws, sampled as the run
+WEIGHTS = "model.safetensors"  # a checkpoint's policy weights, under the name a model folder gives them
+
+
+def kept_policies(folder: Any, method: str, last: int) -> list[tuple[str, Any]]:
+    """Each checkpoint the run kept before step ``last``, as (label, loader): its weights under the
+    final policy's config and tokenizer."""
+    from dgpo_agent.training import stages
+    from dgpo_agent.training.rl import checkpoints
+
+    def load(path: Path) -> Any:
+        with tempfile.TemporaryDirectory() as model_dir:
+            for item in folder.policy(method).iterdir():
+                (Path(model_dir) / item.name).symlink_to((path if item.name == WEIGHTS else folder.policy(method)).resolve() / item.name)
+            return stages.load_model(model_dir)
+
+    steps = {int(p.name.removeprefix("step-")): p for p in checkpoints(folder.rl(method))}
+    return [(f"step {step}", lambda path=path: load(path)) for step, path in steps.items() if step < last]
+
+
+def source_means(scores: dict[int, list[tuple[str, float]]], steps: list[int]) -> dict[str, dict[str, float]]:
+    """The mean reward and the number of rollouts of each question family over ``steps``, and of all."""
+    by: dict[str, list[float]] = {}
+    for step in steps:
+        for source, score in scores[step]:
+            by.setdefault(source, []).append(score)
+            by.setdefault("all", []).append(score)
+    return {source: {"reward": round(statistics.fmean(v), 4), "rollouts": len(v)} for source, v in sorted(by.items())}
+
+
+def step_means(scores: dict[int, list[tuple[str, float]]]) -> dict[int, float]:
+    """Each step's mean reward."""
+    return {step: statistics.fmean(score for _, score in pairs) for step, pairs in scores.items()}
+
+
+def sampled_scores(run: Any, method: str, model: Any, questions: list[dict], steps: list[int], last: int) -> dict[int, list[tuple[str, float]]]:
+    """``model``'s (data_source, reward) of each rollout on each step's draws, sampled as the run
     sampled them: that step's questions (from RL's pool, ``questions``), seeds and temperature."""
     from dgpo_agent.training import stages
     from dgpo_agent.training.rl import RLTrainer
@@ -128,8 +180,12 @@ def sampled_reward(run: Any, method: str, model_dir: Path, questions: list[dict]
     with tempfile.TemporaryDirectory() as scratch:  # the trainer's folder: it never trains or saves here
         config = run.cfg.rl.for_method(method, output_dir=scratch, max_steps=last, eval_every=0)
         teacher = stages.load_model(run.teacher) if config.algorithm == "gkd" else None  # GKD's trainer starts only with its teacher; rollouts never use it
-        trainer = RLTrainer(stages.load_model(model_dir), run.student_tokenizer, questions, run.store, run.cfg.agent.config(), config, teacher=teacher)
-        return {step: trainer.rollouts(step)[2].float().mean().item() for step in steps}
+        trainer = RLTrainer(model, run.student_tokenizer, questions, run.store, run.cfg.agent.config(), config, teacher=teacher)
+        scored = {}
+        for step in steps:
+            records, _, scores = trainer.rollouts(step)
+            scored[step] = [(r["data_source"], float(s)) for r, s in zip(records, scores.tolist(), strict=True)]
+        return scored
 
 
 def lift_curves(results: dict[str, dict]) -> dict[str, list[list[dict]]]:

@@ -162,8 +162,13 @@ def test_the_lift_curve_draws_runs_replayed_at_every_step_one_line_per_arm(tmp_p
         script.plot_lift(script.lift_curves({"runs/bench/pool/seed0": results["runs/bench/pool/seed0"]}), tmp_path / "none.png")
 
 
-def test_the_lift_plot_needs_the_file_it_draws(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "rl_question_difficulty.py"), "--run", str(tmp_path), "--plot", str(tmp_path / "x.png")],
-                          capture_output=True, text=True)
-    assert done.returncode != 0 and done.stderr.strip() == "error: --plot draws the runs of the --out file: add --out FILE"
-    assert not (tmp_path / "x.png").exists()
+@pytest.mark.parametrize(("flags", "error"), [
+    (["--plot", "x.png"], "error: --plot draws the runs of the --out file: add --out FILE"),
+    (["--by-source", "--out", "x.json"], "error: --by-source splits the draws after the run's last step: add --ahead K"),
+])
+def test_the_lift_replay_refuses_an_option_without_the_one_it_needs(tmp_path, flags, error):
+    """One line and a non-zero exit before anything is replayed or written."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "rl_question_difficulty.py"), "--run", str(tmp_path), *flags],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode != 0 and done.stderr.strip() == error
+    assert not list(tmp_path.iterdir())
