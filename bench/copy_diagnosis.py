@@ -5,6 +5,8 @@ test questions (for the entities each question names) and measures, per model:
 
 - single-hop: how often a query holds the question's entity name exactly, and the EM with and without;
 - compare: how often the queries hold both names, the answer names one of the two, and it is right;
+  and, after a search that found one of the question's evidence passages, how often the next
+  thought states that passage's year (the fact the comparison needs, copied from the context);
 - evidence recall over all questions.
 
 Several files under one name (one per seed) are averaged, with the spread over them.
@@ -17,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from pathlib import Path
 
 from dgpo_agent.protocol import normalize_answer
+from dgpo_agent.world.corpus import read_facts
 
 COLUMNS = {
     "name_in_query": "single: name in a query",
@@ -29,6 +33,7 @@ COLUMNS = {
     "both_names": "compare: both names in queries",
     "names_one": "compare: answer names one",
     "right_when_named": "compare: right when it does",
+    "year_read": "compare: passage's year read",
     "evidence_recall": "evidence recall (all)",
 }
 
@@ -69,8 +74,29 @@ def diagnose(rows: list[dict]) -> dict[str, float]:
         "both_names": _mean(all(_in_queries(e, r) for e in r["entities"]) for r in compare),
         "names_one": _share(named, compare),
         "right_when_named": _mean(r["scores"]["em"] for r in named),
+        "year_read": _mean(read for r in compare for read in _years_read(r)),
         "evidence_recall": _mean(r["scores"]["evidence_recall"] for r in rows if r["scores"].get("evidence_recall") is not None),
     }
+
+
+YEAR = re.compile(r"\b(?:1\d{3}|20\d{2})\b")
+
+
+def _years_read(row: dict) -> list[bool]:
+    """For each search that found one of the question's evidence passages and is followed by a thought
+    stating a year: whether the thought states the year the passage gives as its fact (the world's
+    reader tells it from a filler sentence's random year; a thought may restate an earlier year too)."""
+    steps, read = row["steps"], []
+    for i, step in enumerate(steps):
+        if step["kind"] != "search":
+            continue
+        evidence = [doc for doc in step.get("docs", []) if doc["id"] in row["evidence"]]
+        thought = next((later for later in steps[i + 1:] if later["kind"] == "think"), None)
+        stated = YEAR.findall(thought["text"]) if thought else []
+        facts = [year for (_, relation), year in read_facts(evidence[0]["text"]).items() if relation.endswith("_year")] if evidence else []
+        if stated and len(facts) == 1:
+            read.append(facts[0] in stated)
+    return read
 
 
 def _in_queries(name: str, row: dict) -> bool:

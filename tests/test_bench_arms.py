@@ -172,3 +172,23 @@ def test_the_lift_replay_refuses_an_option_without_the_one_it_needs(tmp_path, fl
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode != 0 and done.stderr.strip() == error
     assert not list(tmp_path.iterdir())
+
+
+def test_a_compare_rollout_reads_the_year_its_passage_states_not_the_filler_year():
+    """`copy_diagnosis.py`'s year read: after a search that found an evidence passage, the next thought
+    must state the year the passage gives as its fact; a filler sentence's year, or a search that found
+    no evidence passage, does not count as read."""
+    script = bench_script("copy_diagnosis")
+    passage = {"id": "p1", "text": "Zeithla Systems held a large conference in Kourzul in 2011. Zeithla Systems was established in 1985."}
+
+    def row(thought: str, docs: list[dict]) -> dict:
+        return {"evidence": ["p1", "p2"], "steps": [
+            {"kind": "think", "text": "I need to find when Zeithla Systems was founded."},
+            {"kind": "search", "query": "Zeithla Systems founded", "docs": docs},
+            {"kind": "think", "text": thought},
+        ]}
+
+    assert script._years_read(row("Zeithla Systems was founded in 1985.", [passage])) == [True]
+    assert script._years_read(row("Zeithla Systems was founded in 2011.", [passage])) == [False]
+    assert script._years_read(row("Zeithla Systems was founded in 1985.", [{**passage, "id": "p9"}])) == []
+    assert script._years_read(row("I need to search again.", [passage])) == []
