@@ -349,6 +349,8 @@ def assert_rl_lift_replayed_on_new_questions(run_dir: Path) -> None:
     with pytest.raises(DGPOError, match="come back"):
         module.compare(run_dir, "dgpo", window=1, ahead=10_000)
     # GKD's trainer starts only with its teacher; its replay draws what any method's first step drew
+    import torch
+
     from dgpo_agent.training import stages
     from dgpo_agent.training.config import PipelineConfig, build
 
@@ -356,8 +358,7 @@ def assert_rl_lift_replayed_on_new_questions(run_dir: Path) -> None:
     gkd = module.step_means(module.sampled_scores(run, "gkd", stages.load_model(stages.rl_start(run, "gkd")), stages.rl_questions(run), [1], 1))
     assert round(gkd[1], 6) == row["start_reward"][1] == row["logged_reward"][1]
     # --by-source: the same draws per question family, for every policy from the start to the teacher
-    split = module.compare(run_dir, "dgpo", window=1, ahead=1, by_source=True)["ahead"]
-    by_source = split["by_source"]
+    by_source = module.compare(run_dir, "dgpo", window=1, ahead=1, by_source=True)["ahead"]["by_source"]
     assert list(by_source)[0] == "start" and list(by_source)[-2:] == ["final", "teacher"]
     assert by_source["start"]["all"]["reward"] == round(ahead["start_reward"][3], 4)
     assert by_source["final"]["all"]["reward"] == round(ahead["final_reward"][3], 4)
@@ -365,8 +366,6 @@ def assert_rl_lift_replayed_on_new_questions(run_dir: Path) -> None:
         families = {k: v for k, v in policy.items() if k != "all"}
         assert families and sum(v["rollouts"] for v in families.values()) == policy["all"]["rollouts"]
         assert abs(sum(v["reward"] * v["rollouts"] for v in families.values()) / policy["all"]["rollouts"] - policy["all"]["reward"]) < 1e-3
-    import torch
-
     # a kept checkpoint loads as the policy of its step: the last one holds the final policy's weights
     (label, load), = module.kept_policies(RunDir(run_dir), "dgpo", last=3)
     final = stages.load_model(RunDir(run_dir).policy("dgpo")).state_dict()
