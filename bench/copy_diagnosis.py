@@ -24,7 +24,7 @@ import statistics
 from pathlib import Path
 
 from dgpo_agent.protocol import normalize_answer
-from dgpo_agent.world.corpus import read_facts
+from dgpo_agent.world.corpus import YEAR, read_facts
 
 COLUMNS = {
     "name_in_query": "single: name in a query",
@@ -79,7 +79,7 @@ def diagnose(rows: list[dict]) -> dict[str, float]:
     }
 
 
-YEAR = re.compile(r"\b(?:1\d{3}|20\d{2})\b")
+STATED_YEAR = re.compile(rf"\b{YEAR}\b")  # a year as the world writes it
 
 
 def _years_read(row: dict) -> list[bool]:
@@ -92,7 +92,7 @@ def _years_read(row: dict) -> list[bool]:
             continue
         evidence = [doc for doc in step.get("docs", []) if doc["id"] in row["evidence"]]
         thought = next((later for later in steps[i + 1:] if later["kind"] == "think"), None)
-        stated = YEAR.findall(thought["text"]) if thought else []
+        stated = STATED_YEAR.findall(thought["text"]) if thought else []
         facts = [year for (_, relation), year in read_facts(evidence[0]["text"]).items() if relation.endswith("_year")] if evidence else []
         if stated and len(facts) == 1:
             read.append(facts[0] in stated)
