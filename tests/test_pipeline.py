@@ -339,7 +339,7 @@ def assert_rl_lift_replayed_on_new_questions(run_dir: Path) -> None:
     the steps after its last, which it never trained on; it refuses an earlier ``--last`` (the final
     policy is the last step's) and steps past RL's pool (their questions would come back)."""
     module = bench_script("rl_question_difficulty")
-    row = module.compare(run_dir, "dgpo", window=1, ahead=1)
+    row = module.compare(run_dir, "dgpo", window=1, ahead=1, by_source=True)
     ahead = row["ahead"]
     assert row["steps"] == [1, 2] and ahead["steps"] == [3]
     assert all(0 <= r <= 1 for r in (*ahead["start_reward"].values(), *ahead["final_reward"].values()))
@@ -358,7 +358,7 @@ def assert_rl_lift_replayed_on_new_questions(run_dir: Path) -> None:
     gkd = module.step_means(module.sampled_scores(run, "gkd", stages.load_model(stages.rl_start(run, "gkd")), stages.rl_questions(run), [1], 1))
     assert round(gkd[1], 6) == row["start_reward"][1] == row["logged_reward"][1]
     # --by-source: the same draws per question family, for every policy from the start to the teacher
-    by_source = module.compare(run_dir, "dgpo", window=1, ahead=1, by_source=True)["ahead"]["by_source"]
+    by_source = ahead["by_source"]
     assert list(by_source)[0] == "start" and list(by_source)[-2:] == ["final", "teacher"]
     assert by_source["start"]["all"]["reward"] == round(ahead["start_reward"][3], 4)
     assert by_source["final"]["all"]["reward"] == round(ahead["final_reward"][3], 4)
