@@ -4,9 +4,11 @@ Reads test trajectories (the pipeline's ``test.jsonl`` files or ``dgpo-agent eva
 test questions (for the entities each question names) and measures, per model:
 
 - single-hop: how often a query holds the question's entity name exactly, and the EM with and without;
-- compare: how often the queries hold both names, the answer names one of the two, and it is right;
-  and, after a search that found one of the question's evidence passages, how often the next
-  thought states that passage's year (the fact the comparison needs, copied from the context);
+- compare: how often the queries hold both names, the answer names one of the two, it is right, and
+  it is the first name the question gives (the world draws the two in random order, so a policy that
+  always answers the first name is right about half the time without comparing anything); and,
+  after a search that found one of the question's evidence passages, how often the next thought
+  states that passage's year (the fact the comparison needs, copied from the context);
 - evidence recall over all questions.
 
 Several files under one name (one per seed) are averaged, with the spread over them.
@@ -33,6 +35,7 @@ COLUMNS = {
     "both_names": "compare: both names in queries",
     "names_one": "compare: answer names one",
     "right_when_named": "compare: right when it does",
+    "first_named": "compare: the question's first name",
     "year_read": "compare: passage's year read",
     "evidence_recall": "evidence recall (all)",
 }
@@ -74,6 +77,7 @@ def diagnose(rows: list[dict]) -> dict[str, float]:
         "both_names": _mean(all(_in_queries(e, r) for e in r["entities"]) for r in compare),
         "names_one": _share(named, compare),
         "right_when_named": _mean(r["scores"]["em"] for r in named),
+        "first_named": _mean(normalize_answer(r["answer"]) == normalize_answer(r["entities"][0]) for r in named),
         "year_read": _mean(read for r in compare for read in _years_read(r)),
         "evidence_recall": _mean(r["scores"]["evidence_recall"] for r in rows if r["scores"].get("evidence_recall") is not None),
     }

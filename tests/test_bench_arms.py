@@ -192,3 +192,17 @@ def test_a_compare_rollout_reads_the_year_its_passage_states_not_the_filler_year
     assert script._years_read(row("Zeithla Systems was founded in 2011.", [passage])) == [False]
     assert script._years_read(row("Zeithla Systems was founded in 1985.", [{**passage, "id": "p9"}])) == []
     assert script._years_read(row("I need to search again.", [passage])) == []
+
+
+def test_a_compare_answer_is_counted_as_the_questions_first_name_among_named_answers_only():
+    """`copy_diagnosis.py`'s first-name share: of the compare answers that name one of the question's
+    two entities, how many name the first; an answer naming neither counts in neither part."""
+    script = bench_script("copy_diagnosis")
+
+    def row(answer: str, em: float) -> dict:
+        return {"data_source": "world_compare", "entities": ["Zeithla Systems", "Groden Institute"], "evidence": [],
+                "answer": answer, "scores": {"em": em, "evidence_recall": 1.0}, "steps": []}
+
+    rows = [row("Zeithla Systems", 1.0), row("zeithla systems", 0.0), row("Groden Institute", 1.0), row("Kourzul", 0.0)]
+    measured = script.diagnose(rows)
+    assert measured["names_one"] == 0.75 and measured["first_named"] == 2 / 3 and measured["right_when_named"] == 2 / 3
