@@ -111,9 +111,12 @@ def world_tokenizer(world, corpus: list[dict]):
     return train_tokenizer(world_texts(corpus, questions), vocab_size=TokenizerSettings().vocab_size)
 
 
-def supervised(model, tokenizer, corpus, demonstrations: Path, steps: int, copy_fraction: float, seed: int, out: Path) -> dict:
+def supervised(
+    model, tokenizer, corpus, demonstrations: Path, steps: int, copy_fraction: float, seed: int, out: Path, extra=None,
+) -> dict:
     """SFT on the oracle's demonstrations (loss on the model's own tokens) mixed with the arm's
-    pretraining stream, as the pipeline's teacher stage trains."""
+    pretraining stream, as the pipeline's teacher stage trains, and with ``extra`` examples (a dataset
+    of ``input_ids`` and ``completion_mask``) when given."""
     from dgpo_agent.training.config import TeacherSettings
     from dgpo_agent.training.data import load_examples
     from dgpo_agent.training.distill import DistillConfig, train_sft
@@ -127,7 +130,12 @@ def supervised(model, tokenizer, corpus, demonstrations: Path, steps: int, copy_
     )
     demos = load_examples(demonstrations, tokenizer, correct_only=True)
     stream = PretrainConfig(copy_fraction=copy_fraction, seed=seed + 1)
-    return train_sft(model, tokenizer, with_lm_stream(demos, tokenizer, corpus, TeacherSettings().lm_fraction, stream), config)
+    dataset = with_lm_stream(demos, tokenizer, corpus, TeacherSettings().lm_fraction, stream)
+    if extra is not None:
+        from datasets import concatenate_datasets
+
+        dataset = concatenate_datasets([dataset.select_columns(["input_ids", "completion_mask"]), extra])
+    return train_sft(model, tokenizer, dataset, config)
 
 
 def evaluate(model, tokenizer, world, n: int, out: Path) -> dict:

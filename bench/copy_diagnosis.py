@@ -60,7 +60,7 @@ def main() -> None:
     args.out.write_text(json.dumps({"questions": str(args.questions), "models": measured}, indent=2) + "\n")
     print("| model | " + " | ".join(COLUMNS.values()) + " |\n|---|" + "---|" * len(COLUMNS))
     for name, runs in measured.items():
-        print(f"| {name} ({len(runs)}) | " + " | ".join(_cell([r[k] for r in runs]) for k in COLUMNS) + " |")
+        print(f"| {name} ({len(runs)}) | " + " | ".join(cell([r[k] for r in runs]) for k in COLUMNS) + " |")
 
 
 def diagnose(rows: list[dict]) -> dict[str, float]:
@@ -116,7 +116,7 @@ def _mean(values) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
-def _cell(values: list[float]) -> str:
+def cell(values: list[float]) -> str:
     values = [v for v in values if v == v]  # NaN: nothing to measure (no question of that kind)
     if not values:
         return "–"

@@ -206,3 +206,52 @@ def test_a_compare_answer_is_counted_as_the_questions_first_name_among_named_ans
     rows = [row("Zeithla Systems", 1.0), row("zeithla systems", 0.0), row("Groden Institute", 1.0), row("Kourzul", 0.0)]
     measured = script.diagnose(rows)
     assert measured["names_one"] == 0.75 and measured["first_named"] == 2 / 3 and measured["right_when_named"] == 2 / 3
+
+
+def test_a_stated_comparison_is_checked_step_by_step_word_choice_place_and_name():
+    """`compare_step.py`: of the answers whose thought states the comparison's step in any style, the
+    word must be the one the question asks for, the choice (its year, or the year in its place) the
+    earlier (later) of the two, the place (where a year is given too) the one holding that year, and the
+    answer the entity the thought gave the choice's year, and (where a place is named) the entity
+    stated in that place; an answer without the step counts only in how often the step is stated."""
+    script = bench_script("compare_step")
+    facts = "Zeithla Systems was founded in 1985. Groden Institute was founded in 1967."
+
+    def row(question: str, step: str, answer: str) -> dict:
+        return {"question": question, "entities": ["Zeithla Systems", "Groden Institute"], "answer": answer,
+                "steps": [{"kind": "think", "text": f"{facts} {step} So the answer is {answer}."}]}
+
+    first, later = "Which was founded first, Zeithla Systems or Groden Institute?", "Which was founded later, Zeithla Systems or Groden Institute?"
+    rows = [
+        row(first, "The earlier of 1985 and 1967 is 1967.", "Groden Institute"),  # right throughout
+        row(later, "The earlier of 1985 and 1967 is 1967.", "Groden Institute"),  # the wrong word
+        row(first, "The earlier of 1985 and 1967 is 1985.", "Groden Institute"),  # the wrong choice, and a name not given it
+        row(first, "The earlier of 1985 and 1972 is 1972.", "Groden Institute"),  # a year given to neither entity
+        row(first, "", "Groden Institute"),  # no step
+    ]
+    assert script.stated_steps(rows) == pytest.approx(
+        {"step_stated": 0.8, "step_word": 0.75, "step_year": 0.75, "step_place": None, "step_name": 2 / 3, "step_follows": None}, abs=1e-4)
+    placed = [
+        row(first, "The earlier of 1985 and 1967 is the second.", "Groden Institute"),  # right, by place
+        row(first, "The earlier of 1985 and 1967 is the first.", "Groden Institute"),  # the wrong place, its name not followed
+        row(first, "The earlier of 1985 and 1967 is 1967, the first.", "Zeithla Systems"),  # a place not holding the year, followed
+    ]
+    assert script.stated_steps(placed) == pytest.approx(
+        {"step_stated": 1.0, "step_word": 1.0, "step_year": 2 / 3, "step_place": 0.0, "step_name": 1 / 3, "step_follows": 2 / 3}, abs=1e-4)
+
+
+def test_year_drills_say_the_right_year_and_never_drill_a_held_out_pair():
+    """`year_order.py`: each drill names the earlier (later) of its two years in the oracle's words, and
+    no held-out pair is drilled in either order, so the probe measures an order learnt, not pairs seen."""
+    import itertools
+    import random
+    import re
+
+    script = bench_script("year_order")
+    held_out = {frozenset(p) for p in itertools.islice(itertools.combinations(range(1900, 2023), 2), 0, None, 3)}
+    stream = script.drills(random.Random(0), held_out)
+    for text in itertools.islice(stream, 500):
+        for word, first, second, chosen in re.findall(r"The (earlier|later) of (\d{4}) and (\d{4}) is (\d{4})\.", text):
+            assert frozenset((int(first), int(second))) not in held_out
+            assert chosen == (min if word == "earlier" else max)(first, second)
+    assert script.drill("max", 1916, 1962) == "The later of 1916 and 1962 is 1962."

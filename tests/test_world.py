@@ -11,6 +11,8 @@ import pytest
 from dgpo_agent import protocol
 from dgpo_agent.backends.base import Context, SamplingParams
 from dgpo_agent.world import DATA_SOURCES, NameGenerator, OraclePolicy, WorldConfig, generate_world, load_questions
+from dgpo_agent.world.corpus import read_facts
+from dgpo_agent.world.oracle import COMPARISON_STYLES
 
 SPLITS = ("train", "dev", "test")
 HOPS = {"world_single": 1, "world_bridge": 2, "world_compare": 2, "world_3hop": 3}
@@ -238,3 +240,44 @@ def test_oracle_is_deterministic_and_text_only(small):
     assert [c.text for c in first] == [c.text for c in second] and first[0].text == first[1].text
     assert policy.encode("anything") is None
     assert policy.prompt(q["question"])["text"] == protocol.render_prompt(q["question"])
+
+
+def test_oracle_can_show_the_step_that_decides_a_comparison_in_each_style(small):
+    corpus = {r["id"]: r for r in read_jsonl(small / "corpus.jsonl")}
+    compares = [q for q in questions(small, "test") if q["data_source"] == "world_compare"]
+    assert compares
+    step = r"The (earlier|later) of (\d{4})( \(.+?\))? and (\d{4})( \(.+?\))? is (?:(\d{4})( \(.+?\))?)?(?:,? ?the (first|second))?\."
+    for q in compares:
+        docs = [{**corpus[pid], "score": 1.0} for pid in q["evidence"]]
+        years = [year for doc in docs for (_, relation), year in read_facts(doc["text"]).items() if relation.endswith("_year")]
+        for style in COMPARISON_STYLES:
+            policy = OraclePolicy(comparison=style)
+            ctx = Context(q["question"], [policy.prompt(q["question"]), {"role": "env", "text": protocol.information(docs), "ids": None}])
+            text = policy.generate([ctx], SamplingParams())[0].text
+            action = protocol.parse_action(text)
+            assert action.kind == "answer" and protocol.exact_match(action.content, q["golden_answers"]), q
+            stated = re.search(step, text)
+            assert (stated is not None) == (style is not None), text
+            if style is None:
+                continue
+            word, first, first_name, second, second_name, chosen, chosen_name, which = stated.groups()
+            picked = chosen or (first, second)[("first", "second").index(which)]
+            assert sorted([first, second]) == sorted(years)
+            assert picked == (min if word == "earlier" else max)(years, key=int)
+            assert text.startswith(f"<think> I want the {word} year.") == (style not in ("stated", None)), text
+            assert (chosen is None) == (style == "placed") and (chosen_name is not None) == (style == "framed")
+            assert (which is not None) == (style in ("ordered", "placed")), text
+            if style == "framed":
+                assert chosen_name == f" ({action.content})" and chosen_name in (first_name, second_name)
+            if which:  # the fact it points to is the answer's: its entity and the chosen year
+                facts = re.findall(r"\. ([^.]+?) (?:was born|was founded|came out) in (\d{4})(?=\.)", text)
+                assert facts[("first", "second").index(which)] == (action.content, picked), (facts, text)
+
+
+def test_the_oracles_first_thought_on_a_framed_comparison_says_which_year_it_wants():
+    question = "Who is younger, Zentrath Doglassoun or Vorla Dena?"
+    text = OraclePolicy(comparison="framed").turn(Context(question, [OraclePolicy().prompt(question)]))
+    assert text.startswith("<think> I want the later year. I need to find when Zentrath Doglassoun was born.")
+    assert OraclePolicy().turn(Context(question, [OraclePolicy().prompt(question)])).startswith("<think> I need to find when")
+    with pytest.raises(ValueError, match="comparison must be one of"):
+        OraclePolicy(comparison="boxed")

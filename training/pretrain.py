@@ -65,7 +65,7 @@ def pretrain(model: Any, tokenizer: Any, corpus_records: Sequence[dict], config:
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=_dataset(training_sequences(tokenizer, corpus_records, config)),
+        train_dataset=lm_dataset(training_sequences(tokenizer, corpus_records, config)),
         data_collator=default_data_collator,
         processing_class=tokenizer,
     )
@@ -119,7 +119,7 @@ def pack(texts: Iterable[str], tokenizer: Any, seq_len: int, count: int) -> list
     return chunks
 
 
-def _dataset(sequences: list[list[int]]) -> Any:
+def lm_dataset(sequences: list[list[int]]) -> Any:
     from datasets import Dataset
 
     return Dataset.from_dict({"input_ids": sequences, "labels": sequences}).with_format("torch")

@@ -57,6 +57,10 @@ QUERIES = {
 GENERIC_WORK_VOCAB = {
     "creator_noun": "creator", "made_by": "made by", "publisher_noun": "publisher", "publish_verb": "released",
 }
+# How a comparison's deciding step is said, by which year it picks, and the ways a demonstration can show it.
+COMPARED = {"min": "earlier", "max": "later"}
+COMPARISON_STYLES = (None, "stated", "framed", "ordered", "placed")
+ORDINALS = ("first", "second")
 
 
 
@@ -94,7 +98,23 @@ class Progress:
 
 
 class OraclePolicy(ScriptedPolicy):
-    """The scripted expert as a Policy."""
+    """The scripted expert as a Policy.
+
+    ``comparison`` picks how its demonstrations show a comparison (``COMPARISON_STYLES``). None, as the
+    shipped teacher learnt them: both facts, then the answer, so the choice is left to the answer's
+    name. ``"stated"``: the answer first says which year decides it, the two side by side
+    (``comparison_step``). ``"framed"``: every thought starts by saying which year the question wants,
+    and the step gives each year its entity, so the answer's name follows the chosen year as it did
+    when the year was first paired with it. ``"ordered"``: framed so too, but the step says which of the
+    two facts (first or second, as the thought states them) holds the chosen year, so the answer copies
+    that fact's entity instead of writing each name again inside the step. ``"placed"``: framed, and the
+    step says only which fact wins ("... is the second."), so no year has to be found again among the
+    two."""
+
+    def __init__(self, comparison: str | None = None) -> None:
+        if comparison not in COMPARISON_STYLES:
+            raise ValueError(f"comparison must be one of {COMPARISON_STYLES}, not {comparison!r}")
+        self.comparison = comparison
 
     def turn(self, context: Context) -> str:
         """The next generation for one context: a search or an answer, after a short thought."""
@@ -102,10 +122,15 @@ class OraclePolicy(ScriptedPolicy):
         if parsed is None:
             return answer("I cannot tell what this question asks.", UNKNOWN)
         progress = plan(parsed, _memory(context))
-        known = " ".join(f"{STATEMENTS[r].format(s=s, o=o)}." for s, r, o in progress.known)
+        said = [f"{STATEMENTS[r].format(s=s, o=o)}." for s, r, o in progress.known]
+        pick = parsed.family.pick if self.comparison else None
+        if pick and self.comparison not in ("stated", None):
+            said.insert(0, f"I want the {COMPARED[pick]} year.")
         if progress.answer is not None:
-            return answer(f"{known} So the answer is {progress.answer}.", progress.answer)
-        return _search(context, parsed, progress.need, known)
+            if pick:
+                said.append(comparison_step(pick, progress.known, self.comparison))
+            return answer(" ".join([*said, f"So the answer is {progress.answer}."]), progress.answer)
+        return _search(context, parsed, progress.need, " ".join(said))
 
 
 def plan(parsed: Parsed, memory: Memory) -> Progress:
@@ -133,6 +158,17 @@ def _compare(parsed: Parsed, memory: Memory) -> Progress:
         known.append(fact)
     pick = min if parsed.family.pick == "min" else max
     return Progress(known, answer=pick(known, key=lambda fact: int(fact[2]))[0])
+
+
+def comparison_step(pick: str, known: list[tuple[str, str, str]], style: str = "stated") -> str:
+    """The step that decides a comparison from both facts read, in a ``COMPARISON_STYLES`` style:
+    "The earlier of 1962 and 1916 is 1916." (stated), "The earlier of 1962 (A) and 1916 (B) is 1916
+    (B)." (framed), "The earlier of 1962 and 1916 is 1916, the second." (ordered) or "The earlier of
+    1962 and 1916 is the second." (placed)."""
+    said = [f"{year} ({entity})" if style == "framed" else year for entity, _, year in known]
+    index = (min if pick == "min" else max)((0, 1), key=lambda i: int(known[i][2]))
+    chosen = {"ordered": f"{said[index]}, the {ORDINALS[index]}", "placed": f"the {ORDINALS[index]}"}.get(style, said[index])
+    return f"The {COMPARED[pick]} of {said[0]} and {said[1]} is {chosen}."
 
 
 def _memory(context: Context) -> Memory:

@@ -1,0 +1,105 @@
+"""Can the teacher's model learn which of two years is earlier from drills alone?
+
+The world's tokenizer writes each of the world's years as one token, so to compare two years a model
+has to know the order of those tokens; nothing it is trained on states that order except the answers
+to compare questions, one bit each. This probe fine-tunes the shipped teacher on endless drills in
+the oracle's own words ("The earlier of 1962 and 1916 is 1916.", earlier or later at random, years in
+the world's range) and measures greedy accuracy on held-out pairs (no held-out pair is drilled in
+either order) as it trains. ``--style placed`` drills the step that names the place instead of the
+year ("The earlier of 1962 and 1916 is the second.").
+
+    OMP_NUM_THREADS=1 python bench/year_order.py --steps 500 --every 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+from dgpo_agent.training.copy_curriculum import YEARS
+from dgpo_agent.world.oracle import COMPARED, comparison_step
+
+DRILLS_PER_TEXT = 4
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps of 8 sequences of 256 tokens")
+    parser.add_argument("--every", type=int, default=100, help="measure the held-out accuracy every N steps")
+    parser.add_argument("--held-out", type=int, default=300, help="year pairs never drilled")
+    parser.add_argument("--style", choices=("stated", "placed"), default="stated", help="the oracle's comparison style drilled")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-year-order"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/year_order.json"))
+    args = parser.parse_args()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, default_data_collator
+
+    from dgpo_agent.training.pretrain import lm_dataset, pack
+    from dgpo_agent.training.starting_point import ASSETS
+
+    model = AutoModelForCausalLM.from_pretrained(ASSETS / "teacher")
+    tokenizer = AutoTokenizer.from_pretrained(ASSETS / "teacher")
+    rng = random.Random(f"{args.seed}:years")
+    held_out = rng.sample(list(itertools.combinations(range(YEARS[0], YEARS[1] + 1), 2)), args.held_out)
+    probes = [(rng.choice(tuple(COMPARED)), *rng.sample(pair, 2)) for pair in held_out]
+    curve = [{"step": 0, "accuracy": accuracy(model, tokenizer, probes, args.style)}]
+
+    class Measure(TrainerCallback):
+        def on_step_end(self, _args, state, control, **kwargs):
+            if state.global_step % args.every == 0:
+                curve.append({"step": state.global_step, "accuracy": accuracy(model, tokenizer, probes, args.style)})
+                print(json.dumps(curve[-1]), flush=True)
+                model.train()
+
+    stream = drills(random.Random(f"{args.seed}:drills"), {frozenset(p) for p in held_out}, args.style)
+    sequences = pack(stream, tokenizer, 256, args.steps * 8)
+    training = TrainingArguments(
+        output_dir=str(args.work), max_steps=args.steps, per_device_train_batch_size=8, learning_rate=args.lr,
+        warmup_steps=20, lr_scheduler_type="constant_with_warmup", seed=args.seed, use_cpu=True, report_to="none",
+        save_strategy="no", logging_steps=args.every, disable_tqdm=True,
+    )
+    Trainer(model=model, args=training, train_dataset=lm_dataset(sequences), data_collator=default_data_collator, callbacks=[Measure()]).train()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "curve": curve}, indent=2) + "\n")
+
+
+def drill(pick: str, first: int, second: int, style: str = "stated") -> str:
+    """One comparison in the oracle's words: "The earlier of 1962 and 1916 is 1916." (or, placed, "...
+    is the second.")."""
+    return comparison_step(pick, [("", "", str(first)), ("", "", str(second))], style)
+
+
+def drills(rng: random.Random, held_out: set[frozenset[int]], style: str = "stated") -> Iterator[str]:
+    """Endless texts of ``DRILLS_PER_TEXT`` drills in ``style`` on year pairs outside ``held_out``."""
+    while True:
+        lines = []
+        while len(lines) < DRILLS_PER_TEXT:
+            first, second = rng.sample(range(YEARS[0], YEARS[1] + 1), 2)
+            if frozenset((first, second)) not in held_out:
+                lines.append(drill(rng.choice(tuple(COMPARED)), first, second, style))
+        yield "\n".join(lines)
+
+
+def accuracy(model, tokenizer, probes: list[tuple[str, int, int]], style: str = "stated") -> float:
+    """Greedy: the share of held-out drills whose last word (the year, or the place) the model completes right."""
+    import torch
+
+    prompts = [drill(pick, a, b, style).rsplit(" ", 1)[0] for pick, a, b in probes]
+    tokenizer.padding_side, tokenizer.pad_token = "left", tokenizer.eos_token
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    said = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    wanted = [drill(pick, a, b, style).rsplit(" ", 1)[1].rstrip(".") for pick, a, b in probes]
+    return round(sum(s.strip().startswith(w) for s, w in zip(said, wanted)) / len(probes), 4)
+
+
+if __name__ == "__main__":
+    main()
