@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=600, help="fine-tuning steps of 8 examples")
-    parser.add_argument("--drill-share", type=float, default=0.25, help="the drilled arm's share of drill examples")
+    parser.add_argument("--drill-share", type=float, default=0.25, help="the share of drill examples in an arm with drills")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-compare-step"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/compare_step.json"))
     args = parser.parse_args()
@@ -108,6 +108,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dgpo_agent.store import read_corpus
+    from dgpo_agent.training.config import BaseSettings
     from dgpo_agent.training.starting_point import ASSETS
 
     teacher = ASSETS / "teacher"
@@ -118,7 +119,8 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
         style, drilled = ARMS[arm]
         demos = demonstrations(args.run, args.work, style)
         extra = year_drills(tokenizer, demos, args.drill_share, seed, drilled) if drilled else None
-        result["sft"] = supervised(model, tokenizer, corpus, demos, args.steps, copy_fraction=0.3, seed=seed, out=work / "sft", extra=extra)
+        copies = BaseSettings().copy_fraction  # the world's pretraining stream, as the teacher stage mixes it in
+        result["sft"] = supervised(model, tokenizer, corpus, demos, args.steps, copies, seed=seed, out=work / "sft", extra=extra)
         model.save_pretrained(work / "model")
         tokenizer.save_pretrained(work / "model")
     for split in ("dev", "test"):
