@@ -146,19 +146,16 @@ def demonstrations(run: Path, work: Path, style: str | None) -> Path:
     return path
 
 
-def year_drills(tokenizer, demos: Path, share: float, seed: int, style: str):
-    """Packed sequences of year drills (loss on every token), ``share`` of the examples once mixed in
-    beside the demonstrations and the fifth from the pretraining stream."""
+def year_drills(tokenizer, demos: Path, share: float, seed: int, style: str) -> list[list[int]]:
+    """Packed sequences of year drills, ``share`` of the examples once mixed in beside the
+    demonstrations and the fifth from the pretraining stream."""
     import random
-
-    from datasets import Dataset
 
     from dgpo_agent.training.config import TeacherSettings
     from dgpo_agent.training.pretrain import pack
 
     others = sum(1 for _ in demos.open()) / (1 - TeacherSettings().lm_fraction)
-    sequences = pack(drills(random.Random(f"{seed}:drills"), set(), style), tokenizer, 256, round(others * share / (1 - share)))
-    return Dataset.from_dict({"input_ids": sequences, "completion_mask": [[1] * len(s) for s in sequences]})
+    return pack(drills(random.Random(f"{seed}:drills"), set(), style), tokenizer, 256, round(others * share / (1 - share)))
 
 
 def compare_questions(run: Path, split: str) -> list[dict]:
@@ -190,7 +187,8 @@ def stated_steps(rows: list[dict]) -> dict[str, float]:
     where the thought gave the choice's year to one of the question's entities, the answer is that
     entity; and where it names a place, the answer is the entity of the fact stated in that place.
     Each is about a coin toss for a model that does not compare."""
-    checks = [_step_checks(row, m) for row in rows if (m := STEP.search(_last_thought(row)))]
+    thoughts = [(row, _last_thought(row)) for row in rows]
+    checks = [_step_checks(row, thought, m) for row, thought in thoughts if (m := STEP.search(thought))]
 
     def share(i: int) -> float | None:
         known = [c[i] for c in checks if c[i] is not None]
@@ -199,12 +197,11 @@ def stated_steps(rows: list[dict]) -> dict[str, float]:
     return {"step_stated": round(len(checks) / len(rows), 4), **{key: share(i) for i, key in enumerate(STEP_CHECKS)}}
 
 
-def _step_checks(row: dict, step: re.Match) -> tuple[bool | None, ...]:
+def _step_checks(row: dict, thought: str, step: re.Match) -> tuple[bool | None, ...]:
     word, first, second, year, place = step.groups()
     asked = COMPARED[parse_question(row["question"]).family.pick]
     in_place = (first, second)[ORDINALS.index(place)] if place else None
     choice = year or in_place
-    thought = _last_thought(row)
     facts = sorted((m for e in row["entities"] if (m := re.search(rf"({re.escape(e)}) (?:{YEAR_VERBS}) (\d{{4}})", thought))), key=lambda m: m.start())
     stated = {m.group(2): m.group(1) for m in facts}
     answered = normalize_answer(row["answer"] or "")

@@ -115,13 +115,13 @@ def supervised(
     model, tokenizer, corpus, demonstrations: Path, steps: int, copy_fraction: float, seed: int, out: Path, extra=None,
 ) -> dict:
     """SFT on the oracle's demonstrations (loss on the model's own tokens) mixed with the arm's
-    pretraining stream, as the pipeline's teacher stage trains, and with ``extra`` examples (a dataset
-    of ``input_ids`` and ``completion_mask``) when given."""
+    pretraining stream, as the pipeline's teacher stage trains, and with ``extra`` token sequences
+    (loss on every token) when given."""
     from dgpo_agent.training.config import TeacherSettings
     from dgpo_agent.training.data import load_examples
     from dgpo_agent.training.distill import DistillConfig, train_sft
     from dgpo_agent.training.pretrain import PretrainConfig
-    from dgpo_agent.training.stages import with_lm_stream
+    from dgpo_agent.training.stages import with_full_loss, with_lm_stream
 
     config = DistillConfig(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=8, learning_rate=1e-3,
@@ -132,9 +132,7 @@ def supervised(
     stream = PretrainConfig(copy_fraction=copy_fraction, seed=seed + 1)
     dataset = with_lm_stream(demos, tokenizer, corpus, TeacherSettings().lm_fraction, stream)
     if extra is not None:
-        from datasets import concatenate_datasets
-
-        dataset = concatenate_datasets([dataset.select_columns(["input_ids", "completion_mask"]), extra])
+        dataset = with_full_loss(dataset, extra)
     return train_sft(model, tokenizer, dataset, config)
 
 

@@ -281,16 +281,20 @@ def with_lm_stream(dataset: Any, tokenizer: Any, corpus: list[dict], fraction: f
     examples as ``fraction`` of all examples: this keeps copying alive (docs/tiny-world.md)."""
     import dataclasses
 
-    from datasets import Dataset, concatenate_datasets
-
     from dgpo_agent.training.pretrain import training_sequences
 
     if fraction <= 0:
         return dataset
     count = round(len(dataset) * fraction / (1 - fraction))
-    sequences = training_sequences(tokenizer, corpus, dataclasses.replace(stream, steps=count, batch_size=1))
-    lm = Dataset.from_dict({"input_ids": sequences, "completion_mask": [[1] * len(s) for s in sequences]})
-    return concatenate_datasets([dataset.select_columns(["input_ids", "completion_mask"]), lm])
+    return with_full_loss(dataset, training_sequences(tokenizer, corpus, dataclasses.replace(stream, steps=count, batch_size=1)))
+
+
+def with_full_loss(dataset: Any, sequences: list[list[int]]) -> Any:
+    """SFT examples followed by ``sequences`` as examples with the loss on every token."""
+    from datasets import Dataset, concatenate_datasets
+
+    more = Dataset.from_dict({"input_ids": sequences, "completion_mask": [[1] * len(s) for s in sequences]})
+    return concatenate_datasets([dataset.select_columns(["input_ids", "completion_mask"]), more])
 
 
 def lm_stream(run: Run, seed: int) -> Any:

@@ -124,7 +124,7 @@ class OraclePolicy(ScriptedPolicy):
         progress = plan(parsed, _memory(context))
         said = [f"{STATEMENTS[r].format(s=s, o=o)}." for s, r, o in progress.known]
         pick = parsed.family.pick if self.comparison else None
-        if pick and self.comparison not in ("stated", None):
+        if pick and self.comparison != "stated":
             said.insert(0, f"I want the {COMPARED[pick]} year.")
         if progress.answer is not None:
             if pick:
