@@ -22,6 +22,12 @@ examples from the pretraining stream, as the teacher stage trains):
   that fact's entity, where a policy already copies names;
 - ``placed``: ``comparison="placed"``, framed, the step naming only the winning fact's place ("The
   earlier of 1962 and 1916 is the second."), with drills in that form;
+- ``keyed``: ``drilled`` with ``comparison="keyed"``: framed, each year fact said year first ("In 1916,
+  B was founded."), and the step ends with the chosen year and the name that followed it there ("The
+  earlier of 1962 and 1916 is 1916, B."), so the name is copied forward from the chosen year;
+- ``bound``: ``keyed``, with its drills in the keyed form too: two facts about fresh names (none of
+  the world's) and the step that picks one, so the drills teach the name after the chosen year as
+  well as the years' order;
 
 and ``shipped``, the teacher as it is. Every arm is scored greedy on the dev and test compare
 questions through the batched graph, with copy_diagnosis's compare measures; a fine-tuned arm keeps
@@ -57,13 +63,15 @@ ARMS = {
     "framed": ("framed", "stated"),
     "ordered": ("ordered", "stated"),
     "placed": ("placed", "placed"),
+    "keyed": ("keyed", "stated"),
+    "bound": ("keyed", "keyed"),
 }
 COMPARE = "world_compare"
 MEASURES = ("names_one", "right_when_named", "first_named", "year_read")
 # The step as any comparison style says it: the word, both years, then the chosen year, its place, or both.
 STEP = re.compile(r"The (earlier|later) of (\d{4})(?: \(.*?\))? and (\d{4})(?: \(.*?\))? is (?:(\d{4})(?: \(.*?\))?)?(?:,? ?the (first|second))?")
 STEP_CHECKS = ("step_word", "step_year", "step_place", "step_name", "step_follows")
-YEAR_VERBS = "|".join(re.escape(STATEMENTS[r].split("{s} ")[1].split(" {o}")[0]) for r in STATEMENTS if r.endswith("_year"))
+YEAR_VERBS = "|".join(re.escape(STATEMENTS[r].split("{s} ")[1].removesuffix(" in {o}")) for r in STATEMENTS if r.endswith("_year"))
 
 
 def main() -> None:
@@ -109,6 +117,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
 
     from dgpo_agent.store import read_corpus
     from dgpo_agent.training.config import BaseSettings
+    from dgpo_agent.training.copy_curriculum import world_names
     from dgpo_agent.training.starting_point import ASSETS
 
     teacher = ASSETS / "teacher"
@@ -118,7 +127,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
         corpus = list(read_corpus(RunDir(args.run).world.corpus))
         style, drilled = ARMS[arm]
         demos = demonstrations(args.run, args.work, style)
-        extra = year_drills(tokenizer, demos, args.drill_share, seed, drilled) if drilled else None
+        extra = year_drills(tokenizer, demos, args.drill_share, seed, drilled, world_names(corpus)) if drilled else None
         copies = BaseSettings().copy_fraction  # the world's pretraining stream, as the teacher stage mixes it in
         result["sft"] = supervised(model, tokenizer, corpus, demos, args.steps, copies, seed=seed, out=work / "sft", extra=extra)
         model.save_pretrained(work / "model")
@@ -132,30 +141,32 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
 
 def demonstrations(run: Path, work: Path, style: str | None) -> Path:
     """The oracle's trajectories over the training split's compare questions in a comparison style,
-    rolled out once."""
+    rolled out once: an interrupted roll-out is finished on the next call, never trained on in part
+    (two processes must not write it at once: run one arm's first seed alone)."""
     from dgpo_agent.evals.harness import rollout_records
     from dgpo_agent.rollout import AgentConfig
     from dgpo_agent.store import ChromaStore
     from dgpo_agent.world import OraclePolicy
 
     path = work / f"oracle-{style or 'control'}.jsonl"
-    if not path.is_file():
-        records = compare_questions(run, "train")
-        store = ChromaStore(RunDir(run).world.store, must_exist=True)
-        rollout_records(records, OraclePolicy(comparison=style), store, AgentConfig(), path, label="oracle train")
+    store = ChromaStore(RunDir(run).world.store, must_exist=True)
+    rollout_records(compare_questions(run, "train"), OraclePolicy(comparison=style), store, AgentConfig(), path, label="oracle train")
     return path
 
 
-def year_drills(tokenizer, demos: Path, share: float, seed: int, style: str) -> list[list[int]]:
+def year_drills(tokenizer, demos: Path, share: float, seed: int, style: str, reserved: set[str]) -> list[list[int]]:
     """Packed sequences of year drills, ``share`` of the examples once mixed in beside the
-    demonstrations and the fifth from the pretraining stream."""
+    demonstrations and the fifth from the pretraining stream (keyed drills about fresh names that
+    share no word with ``reserved``, the world's)."""
     import random
 
     from dgpo_agent.training.config import TeacherSettings
     from dgpo_agent.training.pretrain import pack
+    from dgpo_agent.world import NameGenerator
 
     others = sum(1 for _ in demos.open()) / (1 - TeacherSettings().lm_fraction)
-    return pack(drills(random.Random(f"{seed}:drills"), set(), style), tokenizer, 256, round(others * share / (1 - share)))
+    stream = drills(random.Random(f"{seed}:drills"), set(), style, NameGenerator(f"{seed}:drill-names", reserved))
+    return pack(stream, tokenizer, 256, round(others * share / (1 - share)))
 
 
 def compare_questions(run: Path, split: str) -> list[dict]:
@@ -202,16 +213,27 @@ def _step_checks(row: dict, thought: str, step: re.Match) -> tuple[bool | None, 
     asked = COMPARED[parse_question(row["question"]).family.pick]
     in_place = (first, second)[ORDINALS.index(place)] if place else None
     choice = year or in_place
-    facts = sorted((m for e in row["entities"] if (m := re.search(rf"({re.escape(e)}) (?:{YEAR_VERBS}) (\d{{4}})", thought))), key=lambda m: m.start())
-    stated = {m.group(2): m.group(1) for m in facts}
+    facts = stated_facts(thought, row["entities"])
+    stated = {year: entity for entity, year in facts}
     answered = normalize_answer(row["answer"] or "")
     return (
         word == asked,
         choice == (min if word == "earlier" else max)((first, second), key=int),
         in_place == year if year and place else None,
         answered == normalize_answer(stated[choice]) if choice in stated else None,
-        answered == normalize_answer(facts[ORDINALS.index(place)].group(1)) if place and len(facts) == 2 else None,
+        answered == normalize_answer(facts[ORDINALS.index(place)][0]) if place and len(facts) == 2 else None,
     )
+
+
+def stated_facts(thought: str, entities: list[str]) -> list[tuple[str, str]]:
+    """(entity, year) for each of the question's entities whose year the thought states, name first
+    ("B was founded in 1916") or year first ("In 1916, B was founded"), in the order it states them."""
+    found = []
+    for entity in entities:
+        name = re.escape(entity)
+        if m := re.search(rf"{name} (?:{YEAR_VERBS}) in (\d{{4}})|In (\d{{4}}), {name} (?:{YEAR_VERBS})\b", thought):
+            found.append((m.start(), entity, m.group(1) or m.group(2)))
+    return [(entity, year) for _, entity, year in sorted(found)]
 
 
 def _last_thought(row: dict) -> str:

@@ -213,7 +213,8 @@ def test_a_stated_comparison_is_checked_step_by_step_word_choice_place_and_name(
     word must be the one the question asks for, the choice (its year, or the year in its place) the
     earlier (later) of the two, the place (where a year is given too) the one holding that year, and the
     answer the entity the thought gave the choice's year, and (where a place is named) the entity
-    stated in that place; an answer without the step counts only in how often the step is stated."""
+    stated in that place, whichever way round the thought states its facts; an answer without the step
+    counts only in how often the step is stated."""
     script = bench_script("compare_step")
     facts = "Zeithla Systems was founded in 1985. Groden Institute was founded in 1967."
 
@@ -238,6 +239,13 @@ def test_a_stated_comparison_is_checked_step_by_step_word_choice_place_and_name(
     ]
     assert script.stated_steps(placed) == pytest.approx(
         {"step_stated": 1.0, "step_word": 1.0, "step_year": 2 / 3, "step_place": 0.0, "step_name": 1 / 3, "step_follows": 2 / 3}, abs=1e-4)
+    facts = "In 1985, Zeithla Systems was founded. In 1967, Groden Institute was founded."  # year first, as keyed says them
+    keyed = [
+        row(first, "The earlier of 1985 and 1967 is 1967, Groden Institute.", "Groden Institute"),  # right throughout
+        row(first, "The earlier of 1985 and 1967 is 1967, Zeithla Systems.", "Zeithla Systems"),  # the year's name miscopied
+    ]
+    assert script.stated_steps(keyed) == pytest.approx(
+        {"step_stated": 1.0, "step_word": 1.0, "step_year": 1.0, "step_place": None, "step_name": 0.5, "step_follows": None}, abs=1e-4)
 
 
 def test_year_drills_say_the_right_year_and_never_drill_a_held_out_pair():
@@ -255,3 +263,27 @@ def test_year_drills_say_the_right_year_and_never_drill_a_held_out_pair():
             assert frozenset((int(first), int(second))) not in held_out
             assert chosen == (min if word == "earlier" else max)(first, second)
     assert script.drill("max", 1916, 1962) == "The later of 1916 and 1962 is 1962."
+
+
+def test_keyed_drills_bind_the_chosen_year_to_the_name_it_was_stated_with():
+    """`year_order.py --style keyed`: each drill states two facts about fresh names, year first, and the
+    step gives the chosen year and the name stated with it; the probe's cue ends at the chosen year, so
+    what the model must complete is that name, and no world name is ever drilled."""
+    import itertools
+    import random
+    import re
+
+    from dgpo_agent.world import NameGenerator
+
+    script = bench_script("year_order")
+    world = {"Zeithla Systems", "Groden Institute"}
+    lines = [line for text in itertools.islice(script.drills(random.Random(0), set(), "keyed", NameGenerator(0, world)), 200) for line in text.splitlines()]
+    drill = r"In (\d{4}), (.+?) (?:was born|was founded|came out)\. In (\d{4}), (.+?) (?:was born|was founded|came out)\. The (earlier|later) of \1 and \3 is (\d{4}), (.+?)\."
+    for line in lines:
+        first, first_name, second, second_name, word, chosen, name = re.fullmatch(drill, line).groups()
+        assert first_name != second_name and not {first_name, second_name} & world and not set(" ".join((first_name, second_name)).split()) & {"Zeithla", "Groden"}
+        assert chosen == (min if word == "earlier" else max)(first, second) and name == {first: first_name, second: second_name}[chosen]
+        assert script.cue(line, "keyed") == (line.rpartition(", ")[0] + ",", name)
+    assert script.cue("The earlier of 1962 and 1916 is 1916.", "stated") == ("The earlier of 1962 and 1916 is", "1916")
+    assert script.drill("min", 1962, 1916, "keyed", ("birth_year", "A Bo", "C Do")) == (
+        "In 1962, A Bo was born. In 1916, C Do was born. The earlier of 1962 and 1916 is 1916, C Do.")

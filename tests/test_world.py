@@ -246,7 +246,7 @@ def test_oracle_can_show_the_step_that_decides_a_comparison_in_each_style(small)
     corpus = {r["id"]: r for r in read_jsonl(small / "corpus.jsonl")}
     compares = [q for q in questions(small, "test") if q["data_source"] == "world_compare"]
     assert compares
-    step = r"The (earlier|later) of (\d{4})( \(.+?\))? and (\d{4})( \(.+?\))? is (?:(\d{4})( \(.+?\))?)?(?:,? ?the (first|second))?\."
+    step = r"The (earlier|later) of (\d{4})( \(.+?\))? and (\d{4})( \(.+?\))? is (?:(\d{4})( \(.+?\))?)?(?:,? ?the (first|second))?(?:, ([^.]+))?\."
     for q in compares:
         docs = [{**corpus[pid], "score": 1.0} for pid in q["evidence"]]
         years = [year for doc in docs for (_, relation), year in read_facts(doc["text"]).items() if relation.endswith("_year")]
@@ -260,7 +260,7 @@ def test_oracle_can_show_the_step_that_decides_a_comparison_in_each_style(small)
             assert (stated is not None) == (style is not None), text
             if style is None:
                 continue
-            word, first, first_name, second, second_name, chosen, chosen_name, which = stated.groups()
+            word, first, first_name, second, second_name, chosen, chosen_name, which, keyed_name = stated.groups()
             picked = chosen or (first, second)[("first", "second").index(which)]
             assert sorted([first, second]) == sorted(years)
             assert picked == (min if word == "earlier" else max)(years, key=int)
@@ -272,6 +272,11 @@ def test_oracle_can_show_the_step_that_decides_a_comparison_in_each_style(small)
             if which:  # the fact it points to is the answer's: its entity and the chosen year
                 facts = re.findall(r"\. ([^.]+?) (?:was born|was founded|came out) in (\d{4})(?=\.)", text)
                 assert facts[("first", "second").index(which)] == (action.content, picked), (facts, text)
+            assert (keyed_name is not None) == (style == "keyed"), text
+            if keyed_name:  # each year said first, and the step's name is the one that followed the chosen year
+                facts = re.findall(r"In (\d{4}), ([^.]+?) (?:was born|was founded|came out)\.", text)
+                assert sorted(year for year, _ in facts) == sorted(years) and (picked, keyed_name) in facts, (facts, text)
+                assert keyed_name == action.content
 
 
 def test_the_oracles_first_thought_on_a_framed_comparison_says_which_year_it_wants():

@@ -59,7 +59,7 @@ GENERIC_WORK_VOCAB = {
 }
 # How a comparison's deciding step is said, by which year it picks, and the ways a demonstration can show it.
 COMPARED = {"min": "earlier", "max": "later"}
-COMPARISON_STYLES = (None, "stated", "framed", "ordered", "placed")
+COMPARISON_STYLES = (None, "stated", "framed", "ordered", "placed", "keyed")
 ORDINALS = ("first", "second")
 
 
@@ -109,7 +109,10 @@ class OraclePolicy(ScriptedPolicy):
     two facts (first or second, as the thought states them) holds the chosen year, so the answer copies
     that fact's entity instead of writing each name again inside the step. ``"placed"``: framed, and the
     step says only which fact wins ("... is the second."), so no year has to be found again among the
-    two."""
+    two. ``"keyed"``: framed, each year fact said year first ("In 1916, B was founded."), and the step
+    ends with the chosen year and what followed it there ("... is 1916, B."): the name is then copied
+    forward from the year, as an induction copies what came after an earlier occurrence, instead of
+    looked up behind it."""
 
     def __init__(self, comparison: str | None = None) -> None:
         if comparison not in COMPARISON_STYLES:
@@ -122,8 +125,8 @@ class OraclePolicy(ScriptedPolicy):
         if parsed is None:
             return answer("I cannot tell what this question asks.", UNKNOWN)
         progress = plan(parsed, _memory(context))
-        said = [f"{STATEMENTS[r].format(s=s, o=o)}." for s, r, o in progress.known]
         pick = parsed.family.pick if self.comparison else None
+        said = [statement(fact, year_first=bool(pick) and self.comparison == "keyed") for fact in progress.known]
         if pick and self.comparison != "stated":
             said.insert(0, f"I want the {COMPARED[pick]} year.")
         if progress.answer is not None:
@@ -160,14 +163,24 @@ def _compare(parsed: Parsed, memory: Memory) -> Progress:
     return Progress(known, answer=pick(known, key=lambda fact: int(fact[2]))[0])
 
 
+def statement(fact: tuple[str, str, str], year_first: bool = False) -> str:
+    """A fact as a thought says it: "B was founded in 1916.", or year first, "In 1916, B was founded."."""
+    subject, relation, obj = fact
+    if year_first:
+        return f"In {obj}, {STATEMENTS[relation].removesuffix(' in {o}').format(s=subject)}."
+    return f"{STATEMENTS[relation].format(s=subject, o=obj)}."
+
+
 def comparison_step(pick: str, known: list[tuple[str, str, str]], style: str = "stated") -> str:
     """The step that decides a comparison from both facts read, in a ``COMPARISON_STYLES`` style:
     "The earlier of 1962 and 1916 is 1916." (stated), "The earlier of 1962 (A) and 1916 (B) is 1916
-    (B)." (framed), "The earlier of 1962 and 1916 is 1916, the second." (ordered) or "The earlier of
-    1962 and 1916 is the second." (placed)."""
+    (B)." (framed), "The earlier of 1962 and 1916 is 1916, the second." (ordered), "The earlier of
+    1962 and 1916 is the second." (placed) or "The earlier of 1962 and 1916 is 1916, B." (keyed)."""
     said = [f"{year} ({entity})" if style == "framed" else year for entity, _, year in known]
     index = (min if pick == "min" else max)((0, 1), key=lambda i: int(known[i][2]))
-    chosen = {"ordered": f"{said[index]}, the {ORDINALS[index]}", "placed": f"the {ORDINALS[index]}"}.get(style, said[index])
+    chosen = {
+        "ordered": f"{said[index]}, the {ORDINALS[index]}", "placed": f"the {ORDINALS[index]}", "keyed": f"{said[index]}, {known[index][0]}",
+    }.get(style, said[index])
     return f"The {COMPARED[pick]} of {said[0]} and {said[1]} is {chosen}."
 
 
