@@ -28,6 +28,10 @@ examples from the pretraining stream, as the teacher stage trains):
 - ``bound``: ``keyed``, with its drills in the keyed form too: two facts about fresh names (none of
   the world's) and the step that picks one, so the drills teach the name after the chosen year as
   well as the years' order;
+- ``episodes``: ``keyed``, with whole compare episodes about fresh names in place of drills: the
+  question, both searches and their one-passage results, and the keyed answer (``keyed_episodes``), so
+  the binding is taught where the answer needs it, after the instructions and two searches, on names
+  never seen twice;
 
 and ``shipped``, the teacher as it is. Every arm is scored greedy on the dev and test compare
 questions through the batched graph, with copy_diagnosis's compare measures; a fine-tuned arm keeps
@@ -41,7 +45,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from copy_curriculum import supervised  # bench/, beside this script
@@ -50,6 +56,7 @@ from year_order import drills
 
 from dgpo_agent.protocol import normalize_answer
 from dgpo_agent.training.run import RunDir
+from dgpo_agent.world import NameGenerator
 from dgpo_agent.world.grammar import parse_question
 from dgpo_agent.world.oracle import COMPARED, ORDINALS, STATEMENTS
 
@@ -65,6 +72,7 @@ ARMS = {
     "placed": ("placed", "placed"),
     "keyed": ("keyed", "stated"),
     "bound": ("keyed", "keyed"),
+    "episodes": ("keyed", "episodes"),
 }
 COMPARE = "world_compare"
 MEASURES = ("names_one", "right_when_named", "first_named", "year_read")
@@ -155,18 +163,43 @@ def demonstrations(run: Path, work: Path, style: str | None) -> Path:
 
 
 def year_drills(tokenizer, demos: Path, share: float, seed: int, style: str, reserved: set[str]) -> list[list[int]]:
-    """Packed sequences of year drills, ``share`` of the examples once mixed in beside the
-    demonstrations and the fifth from the pretraining stream (keyed drills about fresh names that
-    share no word with ``reserved``, the world's)."""
-    import random
-
+    """Packed sequences of year drills (or, ``episodes``, keyed compare episodes), ``share`` of the
+    examples once mixed in beside the demonstrations and the fifth from the pretraining stream (keyed
+    drills and episodes about fresh names that share no word with ``reserved``, the world's)."""
     from dgpo_agent.training.config import TeacherSettings
     from dgpo_agent.training.pretrain import pack
-    from dgpo_agent.world import NameGenerator
 
     others = sum(1 for _ in demos.open()) / (1 - TeacherSettings().lm_fraction)
-    stream = drills(random.Random(f"{seed}:drills"), set(), style, NameGenerator(f"{seed}:drill-names", reserved))
+    rng, names = random.Random(f"{seed}:drills"), NameGenerator(f"{seed}:drill-names", reserved)
+    stream = keyed_episodes(rng, names) if style == "episodes" else drills(rng, set(), style, names)
     return pack(stream, tokenizer, 256, round(others * share / (1 - share)))
+
+
+def keyed_episodes(rng: random.Random, names: NameGenerator) -> Iterator[str]:
+    """Endless compare episodes about fresh names, as the agent sees them: the question, each search
+    and its one passage, and the keyed oracle's answer (two different years, in the world's range)."""
+    from dgpo_agent import protocol
+    from dgpo_agent.backends.base import Context
+    from dgpo_agent.training.copy_curriculum import YEARS, fact_doc
+    from dgpo_agent.world import OraclePolicy
+    from dgpo_agent.world.grammar import FAMILIES, fill
+    from dgpo_agent.world.kb import WORK_TYPES
+
+    oracle = OraclePolicy(comparison="keyed")
+    families = [f for f in FAMILIES if f.pick]
+    while True:
+        family = rng.choice(families)
+        work_type = rng.choice(WORK_TYPES) if family.subject == "work" else ""
+        entities = [names.name(family.subject) for _ in range(2)]
+        years = rng.sample(range(YEARS[0], YEARS[1] + 1), 2)
+        question = fill(rng.choice(family.phrasings), tuple(entities), work_type)
+        prompt = f"Question: {question}\n"
+        context = Context(question, [{"role": "prompt", "text": prompt, "ids": None}])
+        for entity, year in zip(entities, years, strict=True):
+            search = oracle.turn(context)
+            found = protocol.information([fact_doc(entity, family.path[0], str(year), work_type, rng)])
+            context.segments += [{"role": "model", "text": search, "ids": None}, {"role": "env", "text": found, "ids": None}]
+        yield "".join(segment["text"] for segment in context.segments) + oracle.turn(context)
 
 
 def compare_questions(run: Path, split: str) -> list[dict]:

@@ -287,3 +287,24 @@ def test_keyed_drills_bind_the_chosen_year_to_the_name_it_was_stated_with():
     assert script.cue("The earlier of 1962 and 1916 is 1916.", "stated") == ("The earlier of 1962 and 1916 is", "1916")
     assert script.drill("min", 1962, 1916, "keyed", ("birth_year", "A Bo", "C Do")) == (
         "In 1962, A Bo was born. In 1916, C Do was born. The earlier of 1962 and 1916 is 1916, C Do.")
+
+
+def test_keyed_episodes_are_whole_compare_answers_about_fresh_names():
+    """`compare_step.py`'s ``episodes`` arm: each episode searches both fresh entities, finds one
+    passage each, and answers with the entity whose year the question wants, the keyed step naming it
+    after the chosen year; no reserved world name is ever used."""
+    import itertools
+    import random
+    import re
+
+    from dgpo_agent import protocol
+    from dgpo_agent.world import NameGenerator
+
+    script = bench_script("compare_step")
+    world = {"Zeithla Systems", "Groden Institute"}
+    for text in itertools.islice(script.keyed_episodes(random.Random(0), NameGenerator(0, world)), 100):
+        assert text.count("<search>") == 2 and text.count("<information>") == 2 and "Zeithla" not in text and "Groden" not in text
+        years = dict((name, year) for year, name in re.findall(r"In (\d{4}), (.+?) (?:was born|was founded|came out)\.", text.rsplit("<think>", 1)[1]))
+        word, chosen, name = re.search(r"The (earlier|later) of \d{4} and \d{4} is (\d{4}), (.+?)\.", text).groups()
+        assert len(years) == 2 and chosen == (min if word == "earlier" else max)(years.values()) and years[name] == chosen
+        assert protocol.parse_action(text.rsplit("</information>", 1)[1]).content == name

@@ -84,10 +84,10 @@ def episode(names: NameGenerator, rng: random.Random, families: tuple[Family, ..
     first = oracle.turn(context)
     relation = family.path[0]
     found = _object(names, rng, relation, work_type)
-    docs = [_doc(entities[0], relation, found, work_type, rng)]
+    docs = [fact_doc(entities[0], relation, found, work_type, rng)]
     for _ in range(rng.randint(0, MAX_DISTRACTORS)):
         title = names.near(entities[0]) if rng.random() < 0.5 else names.name(family.subject)
-        docs.append(_doc(title, relation, _object(names, rng, relation, work_type), work_type, rng))
+        docs.append(fact_doc(title, relation, _object(names, rng, relation, work_type), work_type, rng))
     rng.shuffle(docs)
     observation = protocol.information(docs)
     context.segments += [
@@ -104,7 +104,7 @@ def _object(names: NameGenerator, rng: random.Random, relation: str, work_type: 
     return names.organisation(work_type) if relation == "published_by" else names.name(kind)
 
 
-def _doc(title: str, relation: str, obj: str, work_type: str, rng: random.Random) -> Doc:
+def fact_doc(title: str, relation: str, obj: str, work_type: str, rng: random.Random) -> Doc:
     """A one-fact passage in the corpus's own phrasing."""
     text = rng.choice(TEMPLATES[(relation,)]).format(s=title, **{relation: obj}, **WORK_VOCAB.get(work_type, {}))
     return {"id": "", "title": title, "text": text, "score": 0.0}
