@@ -225,13 +225,13 @@ def test_browser_shows_steps_as_thoughts(demo_url, dev_questions, tmp_path):
         page.keyboard.press("Enter")
         replies = page.locator('[data-testid="bot"]').filter(has_not=page.locator(".thought-group"))
         sync_api.expect(replies.last).to_have_text(record["golden_answers"][0], timeout=90_000)
-        sync_api.expect(page.get_by_text(WORKING)).to_have_count(0)  # the run has finished
+        sync_api.expect(page.get_by_text(WORKING)).to_have_count(0, timeout=30_000)  # the run has finished
         titles = page.locator('[data-testid="bot"] > .thought-group > .title')  # top level: one per step
         assert [t.split()[0] for t in titles.all_inner_texts()] == ["💭", "🔍", "💭", "🔍", "💭"]
         docs = page.get_by_text("📄 Retrieved 3 documents")
         if docs.count() == 0:  # collapsed: open the first search, its documents are a nested thought
             titles.nth(1).click()
-        sync_api.expect(docs.first).to_be_visible()
+        sync_api.expect(docs.first).to_be_visible(timeout=30_000)  # a loaded host redraws slowly
         page.wait_for_timeout(500)  # let the opening animation finish before the screenshot
         shots.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shots / "chat.png"), full_page=True)
