@@ -30,7 +30,7 @@ examples from the pretraining stream, as the teacher stage trains):
   well as the years' order;
 - ``episodes``: ``keyed``, with whole compare episodes about fresh names in place of drills: the
   question, both searches and their one-passage results, and the keyed answer (``keyed_episodes``), so
-  the binding is taught where the answer needs it, after the instructions and two searches, on names
+  the binding is taught where the answer needs it, after the question and two searches, on names
   never seen twice;
 
 and ``shipped``, the teacher as it is. Every arm is scored greedy on the dev and test compare
