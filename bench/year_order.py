@@ -100,9 +100,7 @@ def entities(names: NameGenerator, rng: random.Random, style: str) -> tuple[str,
 
 def drills(rng: random.Random, held_out: set[frozenset[int]], style: str = "stated", names: NameGenerator | None = None) -> Iterator[str]:
     """Endless texts of ``DRILLS_PER_TEXT`` drills in ``style`` on year pairs outside ``held_out``
-    (keyed drills about fresh names from ``names``)."""
-    if style == "keyed" and names is None:
-        names = NameGenerator(rng.random())
+    (keyed drills about fresh names from ``names``, which every keyed caller gives)."""
     while True:
         lines = []
         while len(lines) < DRILLS_PER_TEXT:
