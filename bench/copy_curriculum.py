@@ -87,9 +87,11 @@ def train_and_test(args: argparse.Namespace, arm: str, seed: int) -> dict:
     }
 
 
-def demonstrations(run: Path, work: Path) -> Path:
-    """The oracle's trajectories over the training questions: the run's, or rolled out here once (resumable)."""
-    if RunDir(run).oracle_split("train").is_file():
+def demonstrations(run: Path, work: Path, style: str | None = None) -> Path:
+    """The oracle's trajectories over the training questions, its comparisons in ``style``
+    (``OraclePolicy(comparison=...)``): the run's when it has them in the default style, or rolled
+    out here once (resumable)."""
+    if style is None and RunDir(run).oracle_split("train").is_file():
         return RunDir(run).oracle_split("train")
     from dgpo_agent.rollout import AgentConfig
     from dgpo_agent.store import ChromaStore
@@ -97,8 +99,8 @@ def demonstrations(run: Path, work: Path) -> Path:
     from dgpo_agent.world import OraclePolicy, load_questions
 
     world = RunDir(run).world
-    path, records = work / "oracle-train.jsonl", load_questions(world.questions("train"))
-    rollout_records(records, OraclePolicy(), ChromaStore(world.store, must_exist=True), AgentConfig(), path, label="oracle train")
+    path, records = work / f"oracle-train{'-' + style if style else ''}.jsonl", load_questions(world.questions("train"))
+    rollout_records(records, OraclePolicy(comparison=style), ChromaStore(world.store, must_exist=True), AgentConfig(), path, label="oracle train")
     return path
 
 

@@ -52,10 +52,8 @@ def main() -> None:
 
     model = AutoModelForCausalLM.from_pretrained(ASSETS / "teacher")
     tokenizer = AutoTokenizer.from_pretrained(ASSETS / "teacher")
-    rng = random.Random(f"{args.seed}:years")
-    held_out = rng.sample(list(itertools.combinations(range(YEARS[0], YEARS[1] + 1), 2)), args.held_out)
-    fresh = NameGenerator(f"{args.seed}:probe-names")
-    probes = [(rng.choice(tuple(COMPARED)), *rng.sample(pair, 2), entities(fresh, rng, args.style)) for pair in held_out]
+    probes = held_out_probes(args.seed, args.held_out, args.style)
+    held_out = [(first, second) for _, first, second, _ in probes]
     curve = [{"step": 0, "accuracy": accuracy(model, tokenizer, probes, args.style)}]
 
     class Measure(TrainerCallback):
@@ -76,6 +74,15 @@ def main() -> None:
     Trainer(model=model, args=training, train_dataset=lm_dataset(sequences), data_collator=default_data_collator, callbacks=[Measure()]).train()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "curve": curve}, indent=2) + "\n")
+
+
+def held_out_probes(seed: int, count: int, style: str) -> list[Probe]:
+    """``count`` year pairs never to be drilled, each as a probe: which year to pick, the pair in a
+    random order, and (keyed) two fresh names and their relation."""
+    rng = random.Random(f"{seed}:years")
+    pairs = rng.sample(list(itertools.combinations(range(YEARS[0], YEARS[1] + 1), 2)), count)
+    fresh = NameGenerator(f"{seed}:probe-names")
+    return [(rng.choice(tuple(COMPARED)), *rng.sample(pair, 2), entities(fresh, rng, style)) for pair in pairs]
 
 
 def drill(pick: str, first: int, second: int, style: str = "stated", named: tuple[str, str, str] | None = None) -> str:

@@ -308,3 +308,38 @@ def test_keyed_episodes_are_whole_compare_answers_about_fresh_names():
         word, chosen, name = re.search(r"The (earlier|later) of \d{4} and \d{4} is (\d{4}), (.+?)\.", text).groups()
         assert len(years) == 2 and chosen == (min if word == "earlier" else max)(years.values()) and years[name] == chosen
         assert protocol.parse_action(text.rsplit("</information>", 1)[1]).content == name
+
+
+def test_styled_demonstrations_are_rolled_out_apart_from_the_runs_own(small_world, small_store, tmp_path):
+    """`copy_curriculum.demonstrations`, as `keyed_teacher.py` trains on them: in a comparison style
+    the oracle's whole training split is rolled out into its own file, never the run's default-style
+    demonstrations reused, and only its compare answers change."""
+    script = bench_script("copy_curriculum")
+    run = tmp_path / "run"
+    (run / "oracle").mkdir(parents=True)
+    (run / "world").symlink_to(small_world)
+    RunDir(run).oracle_split("train").write_text("")  # the run's own, default-style demonstrations
+    assert script.demonstrations(run, tmp_path, None) == RunDir(run).oracle_split("train")
+    keyed = script.demonstrations(run, tmp_path / "keyed", "keyed")
+    rows = [json.loads(line) for line in keyed.read_text().splitlines()]
+    assert keyed.name == "oracle-train-keyed.jsonl" and len(rows) == sum(1 for _ in (small_world / "train.jsonl").open())
+    answers = {r["data_source"]: [s["text"] for s in r["steps"] if s["kind"] == "think"][-1] for r in rows}
+    assert "I want the" in answers["world_compare"] and "In 1" in answers["world_compare"]
+    assert "I want the" not in answers["world_single"]
+
+
+def test_the_binding_probe_gives_the_right_year_and_wants_the_name_stated_with_it():
+    """`keyed_teacher.py`: a keyed answer that chose the wrong year is probed with the right one, in the
+    whole episode, its final thought alone and its facts alone; the wanted name is the one stated with
+    that year, and an answer without both facts is left out."""
+    script = bench_script("keyed_teacher")
+    thought = "<think> I want the later year. In 1985, Zeithla Systems was founded. In 1967, Groden Institute was founded. "
+    wrong = thought + "The later of 1985 and 1967 is 1967, Groden Institute. So the answer is Groden Institute. </think>"
+    row = {"entities": ["Zeithla Systems", "Groden Institute"],
+           "segments": [{"role": "prompt", "text": "Q "}, {"role": "env", "text": "docs "}, {"role": "model", "text": wrong}]}
+    unstated = {**row, "segments": [{"role": "model", "text": "<think> The later of 1985 and 1967 is 1985, Zeithla Systems. </think>"}]}
+    (probe,) = script.binding_probes([row, unstated])
+    cue = "The later of 1985 and 1967 is 1985,"
+    assert probe["context"] == "Q docs " + thought + cue and probe["thought"] == thought + cue
+    assert probe["drill"] == "In 1985, Zeithla Systems was founded. In 1967, Groden Institute was founded. " + cue
+    assert probe["wanted"] == probe["first"] == "Zeithla Systems"
