@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from pathlib import Path
 from compare_step import evaluate as compare_measures  # bench/, beside this script
 from compare_step import stated_facts, year_drills
 from copy_curriculum import demonstrations, evaluate, supervised
-from year_order import accuracy, held_out_probes
+from year_order import accuracy, drills, held_out_probes
 
 from dgpo_agent.training.run import RunDir
 
@@ -45,6 +46,8 @@ def main() -> None:
     parser.add_argument("--base-steps", type=int, default=BaseSettings().teacher_steps)
     parser.add_argument("--steps", type=int, default=TeacherSettings().steps, help="the teacher stage's SFT steps of 8 examples")
     parser.add_argument("--drill-share", type=float, default=0.25, help="the share of keyed drills among the examples")
+    parser.add_argument("--base-drill-share", type=float, default=0.0, help="the share of keyed drills among the base teacher's pretraining sequences (0: the shipped stream)")
+    parser.add_argument("--base-only", action="store_true", help="pretrain the base teacher and probe it on keyed drills, nothing more")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-keyed-teacher"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/keyed_teacher.json"))
     args = parser.parse_args()
@@ -52,24 +55,26 @@ def main() -> None:
     result = train_and_test(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("test", "compare", "binding")}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k in ("base_fresh_drills", "test", "compare", "binding")}, indent=1))
 
 
 def train_and_test(args: argparse.Namespace) -> dict:
     """The keyed teacher (trained once: a finished one is reused), then its scores."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    work = args.work / f"seed{args.seed}"
-    trained = work / "train.json"
+    work = args.work / (f"seed{args.seed}" + (f"-base-drills{args.base_drill_share}" if args.base_drill_share else ""))
+    trained = work / ("base.json" if args.base_only else "train.json")
     if not trained.is_file():
         trained.write_text(json.dumps(train(args, work), indent=2) + "\n")
+    settings = {k: getattr(args, k) for k in ("seed", "base_steps", "steps", "drill_share", "base_drill_share")}
+    if args.base_only:
+        return {**settings, **json.loads(trained.read_text())}
     model, tokenizer = AutoModelForCausalLM.from_pretrained(work / "model"), AutoTokenizer.from_pretrained(work / "model")
     world = RunDir(args.run).world
     compare = {split: compare_measures(model, tokenizer, args.run, split, work / f"compare-{split}.jsonl") for split in ("dev", "test")}
     rows = [json.loads(line) for line in (work / "compare-test.jsonl").open()]
     return {
-        "seed": args.seed, "base_steps": args.base_steps, "steps": args.steps, "drill_share": args.drill_share,
-        **json.loads(trained.read_text()),
+        **settings, **json.loads(trained.read_text()),
         "test": evaluate(model, tokenizer, world, 600, work / "test.jsonl"),
         "compare": compare,
         "binding": {**binding(model, tokenizer, rows), "fresh_drills": accuracy(model, tokenizer, held_out_probes(args.seed, 300, "keyed"), "keyed")},
@@ -77,7 +82,8 @@ def train_and_test(args: argparse.Namespace) -> dict:
 
 
 def train(args: argparse.Namespace, work: Path) -> dict:
-    """The base teacher (resumable), then the teacher stage with keyed demonstrations and drills."""
+    """The base teacher (resumable) and its keyed-drill probe, then (unless ``--base-only``) the
+    teacher stage with keyed demonstrations and drills."""
     from transformers import AutoTokenizer
 
     from dgpo_agent.store import read_corpus
@@ -92,16 +98,40 @@ def train(args: argparse.Namespace, work: Path) -> dict:
     base = BaseSettings()
     model = build_model(TEACHER, tokenizer, seed=args.seed)
     start = time.perf_counter()
-    pretrained = pretrain(model, tokenizer, corpus, PretrainConfig(
+    config = PretrainConfig(
         steps=args.base_steps, batch_size=base.batch_size, seq_len=base.seq_len, lr=base.lr,
         copy_fraction=base.copy_fraction, seed=args.seed, save_dir=str(work / "base"),
-    ))
+    )
+    sequences = base_sequences(tokenizer, corpus, config, args.base_drill_share)
+    summary = {
+        "pretrain": pretrain(model, tokenizer, corpus, config, sequences),
+        "base_fresh_drills": accuracy(model, tokenizer, held_out_probes(args.seed, 300, "keyed"), "keyed"),
+    }
+    if args.base_only:
+        return summary
     demos = demonstrations(args.run, args.work, "keyed")
-    drills = year_drills(tokenizer, demos, args.drill_share, args.seed, "keyed", world_names(corpus))
-    sft = supervised(model, tokenizer, corpus, demos, args.steps, base.copy_fraction, args.seed, work / "sft", extra=drills)
+    extra = year_drills(tokenizer, demos, args.drill_share, args.seed, "keyed", world_names(corpus))
+    sft = supervised(model, tokenizer, corpus, demos, args.steps, base.copy_fraction, args.seed, work / "sft", extra=extra)
     model.save_pretrained(work / "model")
     tokenizer.save_pretrained(work / "model")
-    return {"pretrain": pretrained, "sft": sft, "train_minutes": round((time.perf_counter() - start) / 60, 1)}
+    return {**summary, "sft": sft, "train_minutes": round((time.perf_counter() - start) / 60, 1)}
+
+
+def base_sequences(tokenizer, corpus: list[dict], config, share: float) -> list[list[int]]:
+    """The base stage's pretraining sequences, with ``share`` of them (drawn at random, so passages and
+    copy drills give way alike) replaced by keyed drills about names that share no word with the
+    world's."""
+    from dgpo_agent.training.copy_curriculum import world_names
+    from dgpo_agent.training.pretrain import pack, training_sequences
+    from dgpo_agent.world import NameGenerator
+
+    sequences = training_sequences(tokenizer, corpus, config)
+    count = round(len(sequences) * share)
+    if not count:
+        return sequences
+    rng = random.Random(f"{config.seed}:base-drills")
+    names = NameGenerator(f"{config.seed}:base-drill-names", world_names(corpus))
+    return rng.sample(sequences, len(sequences) - count) + pack(drills(rng, set(), "keyed", names), tokenizer, config.seq_len, count)
 
 
 STEP_HEAD = re.compile(r"The (earlier|later) of \d{4} and \d{4} is")

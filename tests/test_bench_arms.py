@@ -343,3 +343,24 @@ def test_the_binding_probe_gives_the_right_year_and_wants_the_name_stated_with_i
     assert probe["context"] == "Q docs " + thought + cue and probe["thought"] == thought + cue
     assert probe["drill"] == "In 1985, Zeithla Systems was founded. In 1967, Groden Institute was founded. " + cue
     assert probe["wanted"] == probe["first"] == "Zeithla Systems"
+
+
+def test_keyed_drills_take_a_share_of_the_base_stream_and_leave_its_length(small_world):
+    """`keyed_teacher.py --base-drill-share`: the base teacher trains on as many sequences as the
+    shipped stream, that share of them keyed drills about names the world does not have."""
+    import re
+
+    from transformers import AutoTokenizer
+
+    from dgpo_agent.store import read_corpus
+    from dgpo_agent.training.pretrain import PretrainConfig
+    from dgpo_agent.training.starting_point import ASSETS
+
+    script = bench_script("keyed_teacher")
+    tokenizer, corpus = AutoTokenizer.from_pretrained(ASSETS / "teacher"), list(read_corpus(small_world / "corpus.jsonl"))
+    config = PretrainConfig(steps=4, batch_size=5, seq_len=64)
+    shipped = script.base_sequences(tokenizer, corpus, config, 0.0)
+    mixed = script.base_sequences(tokenizer, corpus, config, 0.4)
+    drilled = [tokenizer.decode(s) for s in mixed if re.search(r"The (earlier|later) of \d{4} and \d{4} is \d{4},", tokenizer.decode(s))]
+    assert len(shipped) == len(mixed) == 20 and len(drilled) == 8
+    assert not {r["title"] for r in corpus} & set(re.findall(r"In \d{4}, (.+?) (?:was born|was founded|came out)", " ".join(drilled)))

@@ -38,9 +38,12 @@ class PretrainConfig:
     save_dir: str = "runs/base"
 
 
-def pretrain(model: Any, tokenizer: Any, corpus_records: Sequence[dict], config: PretrainConfig) -> dict:
-    """Train ``model`` in place, resuming from the last checkpoint in ``save_dir``; save the final model and
-    tokenizer there. Returns the last logged loss, the training tokens/s and the wall seconds."""
+def pretrain(
+    model: Any, tokenizer: Any, corpus_records: Sequence[dict], config: PretrainConfig, sequences: list[list[int]] | None = None
+) -> dict:
+    """Train ``model`` in place on ``sequences`` (default: ``training_sequences``), resuming from the last
+    checkpoint in ``save_dir``; save the final model and tokenizer there. Returns the last logged loss,
+    the training tokens/s and the wall seconds."""
     from transformers import Trainer, TrainingArguments, default_data_collator
 
     start = time.perf_counter()
@@ -65,7 +68,7 @@ def pretrain(model: Any, tokenizer: Any, corpus_records: Sequence[dict], config:
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=lm_dataset(training_sequences(tokenizer, corpus_records, config)),
+        train_dataset=lm_dataset(sequences if sequences is not None else training_sequences(tokenizer, corpus_records, config)),
         data_collator=default_data_collator,
         processing_class=tokenizer,
     )
