@@ -32,7 +32,7 @@ from pathlib import Path
 from compare_step import evaluate as compare_measures  # bench/, beside this script
 from compare_step import stated_facts, year_drills
 from copy_curriculum import demonstrations, evaluate, supervised
-from year_order import accuracy, drills, held_out_probes
+from year_order import accuracy, completions, drills, held_out_probes
 
 from dgpo_agent.training.run import RunDir
 
@@ -163,18 +163,10 @@ def binding_probes(rows: list[dict]) -> list[dict]:
 def binding(model, tokenizer, rows: list[dict]) -> dict:
     """Greedy, per context: the share of ``binding_probes`` whose next words are the wanted name, and
     the share that are the first stated fact's name (a model that copies the first reads 0.5 / 1.0)."""
-    import torch
-
     probes = binding_probes(rows)
-    tokenizer.padding_side, tokenizer.pad_token = "left", tokenizer.eos_token
     result: dict = {"n": len(probes)}
     for context in CONTEXTS:
-        said = []
-        for i in range(0, len(probes), 16):
-            batch = tokenizer([p[context] for p in probes[i : i + 16]], return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.no_grad():
-                out = model.eval().generate(**batch, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-            said += [s.strip() for s in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)]
+        said = completions(model, tokenizer, [p[context] for p in probes], 12, batch_size=16)
         result[context] = {key: round(sum(s.startswith(p[key]) for s, p in zip(said, probes, strict=True)) / len(probes), 4) for key in ("wanted", "first")}
     return result
 

@@ -130,21 +130,30 @@ def cue(text: str, style: str) -> tuple[str, str]:
 def accuracy(model, tokenizer, probes: list[Probe], style: str = "stated") -> float | dict[str, float]:
     """Greedy: the share of held-out drills the model completes right (``cue``); keyed, that share and
     the share whose completion is either of the two names (so a coin toss between them reads 0.5 of it)."""
-    import torch
-
     texts = [drill(*probe, style=style, named=named) for *probe, named in probes]
     prompts, wanted = zip(*(cue(text, style) for text in texts), strict=True)
-    tokenizer.padding_side, tokenizer.pad_token = "left", tokenizer.eos_token
-    batch = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-    model.eval()
-    with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=12 if style == "keyed" else 3, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    said = [s.strip() for s in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
+    said = completions(model, tokenizer, list(prompts), 12 if style == "keyed" else 3)
     right = round(sum(s.startswith(w) for s, w in zip(said, wanted, strict=True)) / len(probes), 4)
     if style != "keyed":
         return right
     either = sum(any(s.startswith(name) for name in named[1:]) for s, (*_, named) in zip(said, probes, strict=True))
     return {"right": right, "names_one": round(either / len(probes), 4)}
+
+
+def completions(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int | None = None) -> list[str]:
+    """The model's greedy continuation of each prompt, stripped: left-padded batches of ``batch_size``
+    prompts (None: all in one)."""
+    import torch
+
+    tokenizer.padding_side, tokenizer.pad_token = "left", tokenizer.eos_token
+    model.eval()
+    said = []
+    for i in range(0, len(prompts), batch_size or len(prompts)):
+        batch = tokenizer(prompts[i : i + (batch_size or len(prompts))], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        said += [s.strip() for s in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)]
+    return said
 
 
 if __name__ == "__main__":
