@@ -147,9 +147,9 @@ def completions(model, tokenizer, prompts: list[str], max_new_tokens: int, batch
 
     tokenizer.padding_side, tokenizer.pad_token = "left", tokenizer.eos_token
     model.eval()
-    said = []
-    for i in range(0, len(prompts), batch_size or len(prompts)):
-        batch = tokenizer(prompts[i : i + (batch_size or len(prompts))], return_tensors="pt", padding=True, add_special_tokens=False)
+    size, said = batch_size or max(len(prompts), 1), []
+    for i in range(0, len(prompts), size):
+        batch = tokenizer(prompts[i : i + size], return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
             out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
         said += [s.strip() for s in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)]
